@@ -1,0 +1,101 @@
+"""A folder of `split/class_name/image` files, e.g. the Kermany chest X-ray folders.
+
+Layout: `root/train/<class>/*.{png,jpg,jpeg}`, `root/test/<class>/...` and optionally
+`root/val/<class>/...`. Without a val folder, a seeded stratified validation split is carved
+from train. Images of any size, grayscale or RGB, are converted to `channels` and resized to
+`size` x `size` (bilinear, aspect ratio not kept: the same as MedMNIST's square images).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+
+from tsynd_tf.data.core import BINARY, MULTI_CLASS, DataError, Dataset, DatasetInfo, Split
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _class_files(split_dir: Path) -> dict[str, list[Path]]:
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir} is not a folder. An image folder dataset needs "
+                        "train/<class>/ and test/<class>/ subfolders of PNG/JPEG files.")
+    classes = {
+        d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for d in sorted(split_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")
+    }
+    empty = [name for name, files in classes.items() if not files]
+    if not classes or empty:
+        raise DataError(f"{split_dir} has no images" + (f" in {empty}" if empty else "") +
+                        f": put {'/'.join(IMAGE_SUFFIXES)} files in one subfolder per class.")
+    return classes
+
+
+def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
+    with Image.open(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB")
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if channels == 1 else array
+
+
+def read_images(paths: list[Path], size: int, channels: int) -> tuple[np.ndarray, list[Path]]:
+    """Decodes and resizes images; returns (images of the readable ones, unreadable paths)."""
+    def read(path):
+        try:
+            return _read_image(path, size, channels)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor() as pool:  # PIL decodes outside the GIL
+        arrays = list(pool.map(read, paths))
+    bad = [p for p, a in zip(paths, arrays) if a is None]
+    images = np.stack([a for a in arrays if a is not None]) if len(bad) < len(paths) else \
+        np.zeros((0, size, size, channels), np.uint8)
+    return images, bad
+
+
+def _load_split(split_dir: Path, class_names: list[str], size: int, channels: int) -> Split:
+    classes = _class_files(split_dir)
+    if sorted(classes) != class_names:
+        raise DataError(f"{split_dir} has classes {sorted(classes)} but train has "
+                        f"{class_names}; every split needs the same class folders.")
+    paths = [p for name in class_names for p in classes[name]]
+    labels = np.array([i for i, name in enumerate(class_names) for _ in classes[name]])
+    images, bad = read_images(paths, size, channels)
+    if bad:
+        shown = ", ".join(str(p) for p in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise DataError(f"{len(bad)} unreadable image file(s) in {split_dir}: {shown}. "
+                        "Remove or replace them.")
+    return Split(images, np.eye(len(class_names), dtype=np.float32)[labels])
+
+
+def load_image_folder(root: str | Path, size: int = 28, channels: int = 1,
+                      val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Image folder {root} does not exist (--data_dir).")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1); got {val_fraction}.")
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3; got {channels}.")
+    class_names = sorted(_class_files(root / "train"))
+    if len(class_names) < 2:
+        raise DataError(f"{root / 'train'} has one class folder ({class_names}); a "
+                        "classifier needs at least two.")
+    train = _load_split(root / "train", class_names, size, channels)
+    test = _load_split(root / "test", class_names, size, channels)
+    if (root / "val").is_dir():
+        val = _load_split(root / "val", class_names, size, channels)
+    else:
+        train_idx, val_idx = train_test_split(
+            np.arange(len(train)), test_size=val_fraction, random_state=seed,
+            stratify=train.targets.argmax(axis=1))
+        train, val = train.subset(np.sort(train_idx)), train.subset(np.sort(val_idx))
+    info = DatasetInfo(name=root.name, task=BINARY if len(class_names) == 2 else MULTI_CLASS,
+                       class_names=tuple(class_names), size=size, channels=channels)
+    return Dataset(info, train, val, test)

@@ -1,0 +1,92 @@
+"""Predictive uncertainty of an MC-dropout classifier, written once for every caller.
+
+Given logits of T stochastic forward passes, shape (T, B, K):
+  predictive entropy  H[ E_t p_t ]            total uncertainty
+  expected entropy    E_t H[ p_t ]            aleatoric part
+  mutual information  H[E_t p_t] - E_t H[p_t] epistemic part (BALD)
+For softmax tasks p_t is a Categorical over K classes; for multi-label tasks each of the K
+labels is an independent Bernoulli and entropies add up over labels. Everything is computed
+from logits in float32 with log-sum-exp, so it is finite and differentiable (the latent
+ascent takes its gradient) even when a probability underflows to 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+OBJECTIVES = ("mi", "entropy")
+
+
+def mc_logits(classifier, images: tf.Tensor, num_samples: int) -> tf.Tensor:
+    """(T, B, K) float32 logits from T stochastic passes run as ONE batched call.
+
+    The batch is tiled T times: one call on T*B images is 2-3x faster on CPU than T calls,
+    and MC dropout draws an independent mask for every row. BatchNorm runs in inference mode
+    (training=False); dropout stays stochastic because the classifier's dropout layers force it.
+    """
+    batch = tf.shape(images)[0]
+    tiled = tf.tile(images, [num_samples, 1, 1, 1])
+    logits = tf.cast(classifier(tiled, training=False), tf.float32)
+    return tf.reshape(logits, [num_samples, batch, -1])
+
+
+def _mean_log_prob(log_probs: tf.Tensor) -> tf.Tensor:
+    """log of the mean over axis 0 of exp(log_probs), computed stably."""
+    num_samples = tf.cast(tf.shape(log_probs)[0], log_probs.dtype)
+    return tf.reduce_logsumexp(log_probs, axis=0) - tf.math.log(num_samples)
+
+
+def uncertainty_from_logits(logits: tf.Tensor, multilabel: bool = False) -> dict:
+    """Mean probabilities (B, K) and the three uncertainty measures (B,) in nats."""
+    logits = tf.cast(logits, tf.float32)
+    if multilabel:
+        per_sample = tfd.Bernoulli(logits=logits)
+        expected_entropy = tf.reduce_mean(tf.reduce_sum(per_sample.entropy(), -1), 0)
+        log_p1 = _mean_log_prob(tf.math.log_sigmoid(logits))
+        log_p0 = _mean_log_prob(tf.math.log_sigmoid(-logits))
+        mean = tfd.Bernoulli(logits=log_p1 - log_p0)
+        predictive_entropy = tf.reduce_sum(mean.entropy(), -1)
+        probs = tf.exp(log_p1)
+    else:
+        per_sample = tfd.Categorical(logits=logits)
+        expected_entropy = tf.reduce_mean(per_sample.entropy(), 0)
+        log_mean = _mean_log_prob(tf.nn.log_softmax(logits, axis=-1))
+        predictive_entropy = tfd.Categorical(logits=log_mean).entropy()
+        probs = tf.exp(log_mean)
+    # MI >= 0 mathematically (Jensen); clip the float rounding that can make it -1e-8.
+    mutual_information = tf.maximum(predictive_entropy - expected_entropy, 0.0)
+    return {
+        "probs": probs,
+        "predictive_entropy": predictive_entropy,
+        "expected_entropy": expected_entropy,
+        "mutual_information": mutual_information,
+    }
+
+
+def objective_from_logits(logits: tf.Tensor, objective: str, multilabel: bool) -> tf.Tensor:
+    """Per-image uncertainty that the latent ascent maximises: 'mi' (TSynD) or 'entropy'."""
+    measures = uncertainty_from_logits(logits, multilabel)
+    if objective == "mi":
+        return measures["mutual_information"]
+    if objective == "entropy":
+        return measures["predictive_entropy"]
+    raise ValueError(f"Unknown objective {objective!r}; expected one of {OBJECTIVES}.")
+
+
+def mc_predict(classifier, dataset: tf.data.Dataset, num_samples: int,
+               multilabel: bool = False) -> dict:
+    """Runs `uncertainty_from_logits` over a dataset of images (or (images, targets))."""
+    @tf.function(reduce_retracing=True)
+    def step(images):
+        return uncertainty_from_logits(mc_logits(classifier, images, num_samples), multilabel)
+
+    outputs = {}
+    for batch in dataset:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for key, value in step(images).items():
+            outputs.setdefault(key, []).append(value.numpy())
+    return {key: np.concatenate(values, axis=0) for key, values in outputs.items()}
