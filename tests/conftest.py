@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests run on the real files in ../shared/data (see its README).
+
+$TSYND_TEST_DATA overrides that folder; it must hold medmnist/ and chest_xray/.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(os.environ.get("TSYND_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"Test data {path} is missing: the tests use the real MedMNIST files and "
+                    "chest X-ray folder; set $TSYND_TEST_DATA to the folder holding "
+                    "medmnist/ and chest_xray/.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def medmnist_dir() -> Path:
+    return _require(TEST_DATA / "medmnist")
+
+
+@pytest.fixture(scope="session")
+def chest_xray_dir() -> Path:
+    return _require(TEST_DATA / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def pneumonia(medmnist_dir):
+    from tsynd_tf.data import load_medmnist
+
+    return load_medmnist("pneumoniamnist", 28, str(medmnist_dir), download=False)
