@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The team's machines and CI have no internet but keep the official MedMNIST files in
+# ../shared/data/medmnist: use them when that folder exists (else ~/.medmnist, downloaded).
+export TSYND_DATA_DIR ?= $(abspath $(wildcard ../shared/data/medmnist))
 # Extra absl flags for `make run`, e.g. make run ARGS="--method=baseline".
 ARGS ?=
 

@@ -12,6 +12,8 @@ ascent takes its gradient) even when a probability underflows to 0.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -77,13 +79,24 @@ def objective_from_logits(logits: tf.Tensor, objective: str, multilabel: bool) -
     raise ValueError(f"Unknown objective {objective!r}; expected one of {OBJECTIVES}.")
 
 
+_compiled_steps = weakref.WeakKeyDictionary()
+
+
+def _mc_step(classifier, num_samples: int, multilabel: bool):
+    """One traced function per classifier and setting, reused across calls."""
+    steps = _compiled_steps.setdefault(classifier, {})
+    if (num_samples, multilabel) not in steps:
+        steps[num_samples, multilabel] = tf.function(
+            lambda images: uncertainty_from_logits(
+                mc_logits(classifier, images, num_samples), multilabel),
+            reduce_retracing=True)
+    return steps[num_samples, multilabel]
+
+
 def mc_predict(classifier, dataset: tf.data.Dataset, num_samples: int,
                multilabel: bool = False) -> dict:
     """Runs `uncertainty_from_logits` over a dataset of images (or (images, targets))."""
-    @tf.function(reduce_retracing=True)
-    def step(images):
-        return uncertainty_from_logits(mc_logits(classifier, images, num_samples), multilabel)
-
+    step = _mc_step(classifier, num_samples, multilabel)
     outputs = {}
     for batch in dataset:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

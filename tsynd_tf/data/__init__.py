@@ -21,5 +21,19 @@ from tsynd_tf.data.subsets import subsample_indices
 __all__ = [
     "DataError", "Dataset", "DatasetInfo", "Split", "load_image_folder", "MEDMNIST_SIZES",
     "available_datasets", "load_medmnist", "load_npz", "medmnist_path", "resolve_data_dir",
-    "convert_channels", "make_pipeline", "subsample_indices",
+    "convert_channels", "make_pipeline", "subsample_indices", "FOLDER", "load_dataset",
 ]
+
+
+FOLDER = "folder"  # --dataset value for an image folder at --data_dir
+
+
+def load_dataset(name: str, size: int, data_dir: str | None = None, channels: int = 1,
+                 val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """A MedMNIST dataset by name, or with name 'folder' the image folder at data_dir."""
+    if name == FOLDER:
+        if not data_dir:
+            raise DataError("--dataset=folder needs --data_dir=<folder with train/ and test/ "
+                            "class subfolders>.")
+        return load_image_folder(data_dir, size, channels, val_fraction=val_fraction, seed=seed)
+    return load_medmnist(name, size, data_dir)

@@ -92,9 +92,14 @@ def load_image_folder(root: str | Path, size: int = 28, channels: int = 1,
     if (root / "val").is_dir():
         val = _load_split(root / "val", class_names, size, channels)
     else:
-        train_idx, val_idx = train_test_split(
-            np.arange(len(train)), test_size=val_fraction, random_state=seed,
-            stratify=train.targets.argmax(axis=1))
+        labels = train.targets.argmax(axis=1)
+        if np.bincount(labels).min() < 2 or round(val_fraction * len(train)) < len(class_names):
+            raise DataError(f"{root / 'train'} is too small to carve a stratified validation "
+                            f"split ({val_fraction:g} of {len(train)} images, at least one per "
+                            "class and two per class in train): add images, raise "
+                            "--val_fraction, or provide a val/ folder.")
+        train_idx, val_idx = train_test_split(np.arange(len(train)), test_size=val_fraction,
+                                              random_state=seed, stratify=labels)
         train, val = train.subset(np.sort(train_idx)), train.subset(np.sort(val_idx))
     info = DatasetInfo(name=root.name, task=BINARY if len(class_names) == 2 else MULTI_CLASS,
                        class_names=tuple(class_names), size=size, channels=channels)

@@ -13,6 +13,7 @@ import io
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,14 +94,20 @@ def _download(url: str, md5: str, path: Path) -> None:
 def load_npz(path: Path, expected: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Reads and validates a MedMNIST-style .npz (keys {split}_images / {split}_labels)."""
     try:
-        with np.load(path) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        loaded = np.load(path)
+        arrays = None  # np.load returns a bare array for a .npy file
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as npz:
+                arrays = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
         raise DataError(f"No such file: {path}.") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}). "
                         "Delete it and let it download again, or replace it with the "
                         "official file.") from e
+    if arrays is None:
+        raise DataError(f"{path} holds a single array, not an .npz archive; a MedMNIST "
+                        "file holds train/val/test _images and _labels. Is this the right file?")
     missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
                if f"{s}_{k}" not in arrays]
     if missing:

@@ -1,0 +1,283 @@
+"""Export to a TF Serving SavedModel and the predict CLI, on a tiny classifier trained on
+real PneumoniaMNIST and on real chest X-ray JPEGs."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_SAMPLES = 10
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(args, **kwargs):
+    return subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def _seed_states(classifier):
+    return [v for v in classifier.variables if "seed_generator_state" in v.path]
+
+
+@pytest.fixture(scope="module")
+def trained(pneumonia):
+    import keras
+
+    from tsynd_tf.data import make_pipeline
+    from tsynd_tf.models import build_classifier
+
+    keras.utils.set_random_seed(0)
+    info = pneumonia.info
+    classifier = build_classifier("small_cnn", info.size, info.channels, info.num_classes)
+    classifier.compile(keras.optimizers.Adam(1e-3),
+                       keras.losses.CategoricalCrossentropy(from_logits=True))
+    train = pneumonia.train.subset(np.arange(512))
+    classifier.fit(make_pipeline(train.images, train.targets, 16, shuffle=True, seed=0),
+                   epochs=2, shuffle=False, verbose=0)
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def exported(trained, pneumonia, medmnist_dir, tmp_path_factory):
+    """Version 1 by the CLI from a run folder, version 2 in-process (as training does)."""
+    from tsynd_tf.serving import choose_mi_threshold, export_classifier
+
+    info = pneumonia.info
+    root = tmp_path_factory.mktemp("export")
+    run_dir = root / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({
+        "flags": {"dataset": "pneumoniamnist", "size": 28, "data_dir": str(medmnist_dir),
+                  "seed": 0, "num_samples": NUM_SAMPLES, "classifier": "small_cnn"},
+        "dataset": {"name": info.name, "task": info.task,
+                    "class_names": list(info.class_names), "size": info.size,
+                    "channels": info.channels}}))
+    trained.save(run_dir / "classifier.keras")
+    base = root / "saved_models"
+    cli = _run([sys.executable, "-m", "tsynd_tf.export", f"--run_dir={run_dir}",
+                f"--export_dir={base}", f"--name={info.name}"])
+    assert cli.returncode == 0, cli.stderr[-3000:]
+
+    threshold, _ = choose_mi_threshold(trained, pneumonia.val.images, info, NUM_SAMPLES)
+    path = export_classifier(trained, info, NUM_SAMPLES, threshold, base)
+    # The SavedModel holds the dropout RNG state as it is now: the fresh process's first
+    # call draws the same masks as an in-process call from this state.
+    states = [v.numpy() for v in _seed_states(trained)]
+    return {"base": base, "cli": base / info.name / "1", "inprocess": path,
+            "threshold": threshold, "states": states, "cli_out": cli.stdout}
+
+
+def test_layout_and_atomicity(exported, trained, pneumonia):
+    from tsynd_tf.serving import ExportError, export_classifier
+
+    model_dir = exported["base"] / "pneumoniamnist"
+    assert exported["inprocess"] == model_dir / "2"  # next version after the CLI's 1
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]  # no temp folders left
+    for version in ("1", "2"):
+        assert (model_dir / version / "saved_model.pb").is_file()
+        assert (model_dir / version / "variables").is_dir()
+    assert "Exported pneumoniamnist" in exported["cli_out"]
+    with pytest.raises(ExportError, match="already exists"):
+        export_classifier(trained, pneumonia.info, NUM_SAMPLES, 0.1, exported["base"],
+                          version=1)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]
+
+
+FRESH = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    model_dir, images, out = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    x = tf.constant(np.load(images))
+    first = {k: v.numpy() for k, v in loaded.signatures["serving_default"](images=x).items()}
+    second = loaded.signatures["serving_default"](images=x)["probabilities"].numpy()
+    meta = {k: v.numpy() for k, v in loaded.signatures["metadata"]().items()}
+    meta["class_names"] = [c.decode() for c in meta["class_names"]]
+    meta["metadata_json"] = json.loads(meta["metadata_json"].decode())
+    meta = {k: v.decode() if isinstance(v, bytes) else v for k, v in meta.items()}
+    with open(f"{model_dir}/assets.extra/tsynd_metadata.json") as f:
+        assets = json.load(f)
+    assert not [m for m in sys.modules if m.startswith("tsynd_tf")], "project code imported"
+    np.savez(out, second=second, **{k: v for k, v in first.items()})
+    with open(out + ".json", "w") as f:
+        json.dump({"meta": {k: (v.item() if hasattr(v, "item") else v)
+                            for k, v in meta.items()}, "assets": assets}, f)
+""")
+
+
+def test_fresh_process_matches_in_process(exported, trained, pneumonia, tmp_path):
+    """Plain tf.saved_model.load, no project code: same numbers as the Keras model.
+
+    MC dropout is random, so the comparison pins the randomness instead of averaging it out:
+    Keras dropout draws its masks from a seed-state variable that the SavedModel stores, and
+    the fresh process's first call uses the state saved at export. Resetting the in-process
+    state to that value and running the same T passes on the same batch gives the same masks,
+    so probabilities, entropy and MI must agree to float rounding. Any difference in weights,
+    BatchNorm statistics, uint8 scaling or uncertainty maths would show. A second call must
+    then differ (dropout still live after export, so MI is not silently 0).
+    """
+    import tensorflow as tf
+
+    from tsynd_tf.uncertainty import mc_logits, uncertainty_from_logits
+
+    images = pneumonia.test.images[:128]
+    np.save(tmp_path / "x.npy", images)
+    out = tmp_path / "out.npz"
+    fresh = _run([sys.executable, "-c", FRESH, str(exported["inprocess"]),
+                  str(tmp_path / "x.npy"), str(out)])
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    got = np.load(out)
+    meta = json.loads(Path(str(out) + ".json").read_text())
+
+    for variable, value in zip(_seed_states(trained), exported["states"]):
+        variable.assign(value)
+    x = tf.cast(images, tf.float32) / 255.0
+    ref = {k: v.numpy() for k, v in
+           uncertainty_from_logits(mc_logits(trained, x, NUM_SAMPLES)).items()}
+
+    assert got["probabilities"].shape == (128, 2) and got["probabilities"].dtype == np.float32
+    assert got["predicted_class"].dtype == np.int64
+    np.testing.assert_allclose(got["probabilities"], ref["probs"], atol=1e-5,
+                               err_msg="exported probabilities differ from the Keras model's "
+                               "with the same dropout masks")
+    np.testing.assert_allclose(got["predictive_entropy"], ref["predictive_entropy"],
+                               atol=1e-5)
+    np.testing.assert_allclose(got["mutual_information"], ref["mutual_information"],
+                               atol=1e-5)
+    clear = np.abs(ref["probs"][:, 0] - ref["probs"][:, 1]) > 1e-4
+    np.testing.assert_array_equal(got["predicted_class"][clear],
+                                  ref["probs"].argmax(-1)[clear])
+    np.testing.assert_array_equal(got["refer"],
+                                  got["mutual_information"] > exported["threshold"])
+    # Still stochastic after export: a second call draws new masks.
+    assert np.abs(got["second"] - got["probabilities"]).max() > 1e-4
+    assert (got["mutual_information"] > 0).mean() > 0.9
+
+    for source in (meta["meta"]["metadata_json"], meta["assets"]):
+        assert source["class_names"] == ["normal", "pneumonia"]
+        assert source["dataset_name"] == "pneumoniamnist"
+        assert source["task"] == "binary-class"
+        assert (source["size"], source["channels"]) == (28, 1)
+        assert source["num_samples"] == NUM_SAMPLES
+        assert source["mi_threshold"] == pytest.approx(exported["threshold"])
+    tensors = meta["meta"]
+    assert tensors["class_names"] == ["normal", "pneumonia"]
+    assert (tensors["dataset_name"], tensors["task"]) == ("pneumoniamnist", "binary-class")
+    assert tensors["size"] == 28 and tensors["num_samples"] == NUM_SAMPLES
+    assert tensors["mi_threshold"] == pytest.approx(exported["threshold"], rel=1e-6)
+
+
+def test_cli_threshold_is_validation_quantile(exported):
+    meta = json.loads((exported["cli"] / "assets.extra" / "tsynd_metadata.json").read_text())
+    rule = meta["threshold_rule"]
+    assert rule["quantile"] == 0.95 and rule["num_validation_images"] == 524
+    assert rule["num_samples"] == NUM_SAMPLES
+    assert 0.04 < rule["refer_fraction_validation"] <= 0.05  # at most the target
+    assert 0 < meta["mi_threshold"] <= rule["validation_mi_max"]
+
+
+def test_saved_model_cli_shows_signatures(exported):
+    cli = _run([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--all",
+                "--dir", str(exported["cli"])])
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    text = cli.stdout
+    serving = text.split("signature_def['serving_default']")[1]
+    assert "inputs['images'] tensor_info:" in serving
+    assert "dtype: DT_UINT8" in serving and "shape: (-1, 28, 28, 1)" in serving
+    for name, dtype in (("probabilities", "DT_FLOAT"), ("predicted_class", "DT_INT64"),
+                        ("predictive_entropy", "DT_FLOAT"),
+                        ("mutual_information", "DT_FLOAT")):
+        assert f"outputs['{name}'] tensor_info:\n        dtype: {dtype}" in serving
+    assert "signature_def['metadata']" in text and "outputs['class_names']" in text
+
+
+@pytest.fixture(scope="module")
+def xray_folder(chest_xray_dir, tmp_path_factory):
+    """20 JPEGs per class from the real chest X-ray test set, plus a corrupt one."""
+    folder = tmp_path_factory.mktemp("xray")
+    good = []
+    for name in ("NORMAL", "PNEUMONIA"):
+        (folder / name).mkdir()
+        for src in sorted((chest_xray_dir / "test" / name).glob("*.jpeg"))[:20]:
+            shutil.copy(src, folder / name / src.name)
+            good.append(str(folder / name / src.name))
+    (folder / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    return folder, good
+
+
+def test_predict_cli(exported, xray_folder, tmp_path):
+    folder, good = xray_folder
+    output = tmp_path / "out" / "preds.csv"
+    result = _run([sys.executable, "-m", "tsynd_tf.predict",
+                   f"--model={exported['cli'].parent}",  # model name folder: latest version
+                   f"--output={output}", "--batch_size=16", "--show=5", str(folder)])
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert str(folder / "corrupt.jpeg") in result.stderr
+    assert "40 image(s) classified" in result.stdout and "1 unreadable" in result.stdout
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["file"] for r in rows) == sorted(good)
+    assert os.listdir(output.parent) == ["preds.csv"]  # the temporary file was renamed
+    threshold = json.loads((exported["inprocess"] / "assets.extra" /
+                            "tsynd_metadata.json").read_text())["mi_threshold"]
+    for row in rows:
+        assert row["class"] in ("normal", "pneumonia")
+        assert 0.5 <= float(row["probability"]) <= 1.0
+        assert float(row["probability"]) == pytest.approx(float(row[f"p_{row['class']}"]))
+        assert float(row["entropy"]) >= 0 and float(row["mi"]) >= 0
+        assert row["refer"] == str(int(float(row["mi"]) > threshold))
+
+
+def test_predict_json_in_process(exported, xray_folder, tmp_path):
+    from tsynd_tf.predict import AtomicWriter, load_model, predict
+
+    folder, good = xray_folder
+    serve, metadata = load_model(exported["cli"])
+    assert metadata["class_names"] == ["normal", "pneumonia"]
+    output = tmp_path / "preds.json"
+    writer = AtomicWriter(output, metadata["class_names"], {"mi_threshold": 0.0})
+    errors = []
+
+    class Err:
+        def write(self, text):
+            errors.append(text)
+
+        def flush(self):
+            pass
+
+    shown, counts, referred, classified, failed = predict(
+        serve, metadata, [good[0], good[-1], str(folder / "corrupt.jpeg")],
+        batch_size=2, mi_threshold=0.0, writer=writer, err=Err())
+    writer.commit(failed)
+    data = json.loads(output.read_text())
+    assert [p["file"] for p in data["predictions"]] == [good[0], good[-1]]
+    assert data["failed"] == [str(folder / "corrupt.jpeg")]
+    assert classified == 2 and referred == 2 and sum(counts.values()) == 2  # threshold 0
+    assert any("corrupt.jpeg" in e for e in errors)
+
+
+def test_predict_rejects_non_models(trained, tmp_path):
+    from tsynd_tf.predict import ModelError, load_model
+
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "readme.txt").write_text("hello")
+    result = _run([sys.executable, "-m", "tsynd_tf.predict", f"--model={not_a_model}",
+                   str(tmp_path)])
+    assert result.returncode == 2
+    assert "holds no SavedModel" in result.stderr and str(not_a_model) in result.stderr
+    assert "Traceback" not in result.stderr
+
+    plain = tmp_path / "plain"  # a SavedModel, but not ours: no metadata signature
+    trained.export(str(plain), verbose=False)
+    with pytest.raises(ModelError, match="not one exported by tsynd_tf.export"):
+        load_model(plain)

@@ -1,0 +1,105 @@
+"""Latent ascent and the latent-noise baseline on a real autoencoder and classifier."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tsynd_tf import data, generation, models, uncertainty
+
+POOL = 128
+EPSILON = 0.6
+
+
+@pytest.fixture(scope="module")
+def trained(pneumonia):
+    """Autoencoder and classifier briefly trained on 1000 real PneumoniaMNIST images."""
+    keras.utils.set_random_seed(0)
+    real = pneumonia.train.subset(data.subsample_indices(pneumonia.train.targets, count=1000))
+    x = real.images.astype("float32") / 255
+    encoder, decoder, autoencoder = models.build_autoencoder(28, 1)
+    autoencoder.compile(keras.optimizers.Adam(1e-3), "mse")
+    autoencoder.fit(x, x, batch_size=64, epochs=8, verbose=0)
+    classifier = models.build_classifier("small_cnn", 28, 1, 2)
+    classifier.compile(keras.optimizers.Adam(1e-3),
+                       keras.losses.CategoricalCrossentropy(from_logits=True))
+    classifier.fit(x, real.targets, batch_size=64, epochs=5, verbose=0)
+    anchors = encoder.predict(x[:POOL], verbose=0)
+    return decoder, classifier, anchors
+
+
+def ascend(trained, objective):
+    decoder, classifier, anchors = trained
+    ascent = generation.LatentAscent(decoder, classifier, POOL, objective=objective,
+                                     epsilon=EPSILON, step_size=0.25, num_samples=10,
+                                     multilabel=False)
+    ascent.compile(optimizer=None)
+    ascent.start_from(anchors)
+    ascent.fit(tf.data.Dataset.range(POOL).batch(64), epochs=10, verbose=0, shuffle=False)
+    return ascent.latents.numpy()
+
+
+def measure(trained, latents, key):
+    """Mean uncertainty of decoded latents, with many MC samples to keep noise small."""
+    decoder, classifier, _ = trained
+    images = decoder.predict(latents, verbose=0)
+    out = uncertainty.mc_predict(classifier, tf.data.Dataset.from_tensor_slices(images)
+                                 .batch(POOL), num_samples=100)
+    return out[key].mean()
+
+
+def relative_distance(latents, anchors):
+    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+    return np.linalg.norm(flat(latents - anchors), axis=1) / np.linalg.norm(flat(anchors), axis=1)
+
+
+@pytest.fixture(scope="module")
+def ascended(trained):
+    return {objective: ascend(trained, objective) for objective in ("mi", "entropy")}
+
+
+def test_mi_ascent_raises_mi_above_the_reconstructions(trained, ascended):
+    _, _, anchors = trained
+    before = measure(trained, anchors, "mutual_information")
+    after = measure(trained, ascended["mi"], "mutual_information")
+    assert after > 1.05 * before, (before, after)
+
+
+def test_entropy_ascent_raises_predictive_entropy(trained, ascended):
+    _, _, anchors = trained
+    before = measure(trained, anchors, "predictive_entropy")
+    after = measure(trained, ascended["entropy"], "predictive_entropy")
+    assert after > 1.05 * before, (before, after)
+
+
+@pytest.mark.parametrize("objective", ["mi", "entropy"])
+def test_every_latent_stays_in_its_ball(trained, ascended, objective):
+    distance = relative_distance(ascended[objective], trained[2])
+    assert np.all(distance <= EPSILON * (1 + 1e-5)), distance.max()
+    assert np.all(distance > 0)  # and it moved
+
+
+def test_latent_noise_spends_the_same_norm_budget_as_tsynd(trained, ascended):
+    anchors = trained[2]
+    noise = generation.latent_noise(anchors, EPSILON, seed=0).numpy()
+    noise_distance = relative_distance(noise, anchors)
+    np.testing.assert_allclose(noise_distance, EPSILON, rtol=1e-5)
+    # 10 steps of 0.25 radii can travel 2.5 radii: nearly every TSynD latent ends on the
+    # sphere too (a few stop inside, where the gradient turned back), so both spend one budget.
+    tsynd_distance = relative_distance(ascended["mi"], anchors)
+    assert np.median(tsynd_distance) == pytest.approx(EPSILON, rel=1e-4)
+    assert tsynd_distance.mean() > 0.97 * EPSILON
+    # Different seeds give different directions; the same seed the same one.
+    assert not np.allclose(noise, generation.latent_noise(anchors, EPSILON, seed=1).numpy())
+    np.testing.assert_array_equal(noise, generation.latent_noise(anchors, EPSILON, seed=0))
+
+
+def test_projection_is_identity_inside_and_shrinks_outside():
+    anchors = tf.ones((2, 7, 7, 8))
+    radii = generation.ball_radii(anchors, 0.1)
+    inside = anchors + 0.01
+    np.testing.assert_allclose(generation.project_to_ball(inside, anchors, radii), inside)
+    outside = anchors + 10.0
+    projected = generation.project_to_ball(outside, anchors, radii)
+    np.testing.assert_allclose(relative_distance(projected.numpy(), anchors.numpy()), 0.1,
+                               rtol=1e-5)

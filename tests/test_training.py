@@ -1,0 +1,114 @@
+"""The training CLI end to end on real PneumoniaMNIST: run, kill, resume, summaries."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# Small but complete: every stage runs, two generation rounds.
+TINY = ["--train_count=64", "--ae_epochs=2", "--initial_epochs=2", "--rounds=2",
+        "--epochs_per_round=2", "--ascent_steps=2", "--num_samples=4", "--export_dir=",
+        "--verbose=2"]
+
+
+def train(run_dir, medmnist_dir, *extra, wait=True):
+    command = [sys.executable, "-m", "tsynd_tf.train", f"--data_dir={medmnist_dir}",
+               f"--output_dir={run_dir}", *TINY, *extra]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, medmnist_dir):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    output = train(run_dir, medmnist_dir)
+    return run_dir, output
+
+
+def test_run_writes_results_subset_and_pools(uninterrupted):
+    run_dir, output = uninterrupted
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 0.0 <= results["test/acc"] <= 1.0 and 0.0 <= results["test/auc"] <= 1.0
+    assert results["num_synthetic"] == 2 * 64 and results["classifier_epochs"] == 6
+    subset = json.loads((run_dir / "subset.json").read_text())
+    assert len(subset["indices"]) == 64
+    assert sorted(p.name for p in (run_dir / "synthetic").iterdir()) == [
+        "round_00.npz", "round_01.npz"]
+    assert (run_dir / "classifier.keras").is_file()
+    assert "test ACC" in output
+
+
+def test_tensorboard_events_read_back(uninterrupted):
+    run_dir, _ = uninterrupted
+    events = EventAccumulator(str(run_dir / "tensorboard"),
+                              size_guidance={"tensors": 0}).Reload()
+    tags = set(events.Tags()["tensors"])
+    for tag in ("train/loss", "val/auc", "val/mi", "train/ae_loss", "val/ae_psnr",
+                "generation/mi_real", "generation/mi_reconstruction", "generation/mi_synthetic",
+                "generation/relative_latent_distance", "test/acc", "test/auc",
+                "generation/original_reconstruction_synthetic_difference"):
+        assert tag in tags, (tag, sorted(tags))
+    assert len(events.Tensors("val/auc")) == 6  # one per classifier epoch
+    assert len(events.Tensors("generation/mi_synthetic")) == 2  # one per round
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_path,
+                                                             medmnist_dir):
+    reference, _ = uninterrupted
+    process = train(tmp_path, medmnist_dir, wait=False)
+    first_pool = tmp_path / "synthetic" / "round_00.npz"
+    deadline = time.time() + 300
+    while not first_pool.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first_pool.exists(), process.communicate()[0]
+    process.send_signal(signal.SIGKILL)  # mid-round: pool written, its epochs not finished
+    process.wait()
+    assert not (tmp_path / "results.json").exists()
+    pool_mtime = first_pool.stat().st_mtime_ns
+
+    output = train(tmp_path, medmnist_dir)
+    assert "Resumed from" in output
+    assert first_pool.stat().st_mtime_ns == pool_mtime  # the finished pool was not redone
+    resumed = json.loads((tmp_path / "results.json").read_text())
+    expected = json.loads((reference / "results.json").read_text())
+    for key in ("num_synthetic", "classifier_epochs", "num_labelled", "pool_size"):
+        assert resumed[key] == expected[key], key
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == sorted(
+        p.name for p in (reference / "synthetic").iterdir())
+    # Running a finished run again trains nothing more.
+    train(tmp_path, medmnist_dir)
+    assert json.loads((tmp_path / "results.json").read_text())["classifier_epochs"] == 6
+
+
+def test_resuming_with_other_flags_is_refused(uninterrupted, medmnist_dir):
+    run_dir, _ = uninterrupted
+    command = [sys.executable, "-m", "tsynd_tf.train", f"--data_dir={medmnist_dir}",
+               f"--output_dir={run_dir}", *TINY, "--seed=5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "other settings" in done.stderr and "seed" in done.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--train_fraction=1.5", "--train_fraction must be in (0, 1]"),
+    ("--size=32", "--size must be one of"),
+    ("--num_samples=1", "--num_samples must be >= 2"),
+    ("--synthetic_ratio=1", "--synthetic_ratio must be in (0, 1)"),
+    ("--method=gan", "value should be one of"),
+])
+def test_impossible_flags_fail_with_a_message(flag, message):
+    done = subprocess.run([sys.executable, "-m", "tsynd_tf.train", flag],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert message in done.stderr

@@ -1,0 +1,78 @@
+"""Entropy / expected entropy / MI against a direct numpy computation, on a real model."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tsynd_tf import models, uncertainty
+
+
+def numpy_measures(logits, multilabel):
+    """Textbook definitions, straight from probabilities (T, B, K)."""
+    def h(p):  # entropy of Categorical rows, or summed Bernoulli entropies
+        q = np.clip(p, 1e-300, 1)
+        if multilabel:
+            r = np.clip(1 - p, 1e-300, 1)
+            return -(p * np.log(q) + (1 - p) * np.log(r)).sum(-1)
+        return -(p * np.log(q)).sum(-1)
+
+    if multilabel:
+        probs = 1 / (1 + np.exp(-logits))
+    else:
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = e / e.sum(-1, keepdims=True)
+    mean = probs.mean(0)
+    predictive = h(mean)
+    expected = h(probs).mean(0)
+    return mean, predictive, expected, predictive - expected
+
+
+@pytest.fixture(scope="module")
+def real_logits(pneumonia):
+    """MC logits of a briefly trained classifier on real test images."""
+    keras.utils.set_random_seed(0)
+    classifier = models.build_classifier("small_cnn", 28, 1, 2)
+    classifier.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
+    x = pneumonia.train.images[:512].astype("float32") / 255
+    classifier.fit(x, pneumonia.train.targets[:512], batch_size=64, epochs=1, verbose=0)
+    images = pneumonia.test.images[:64].astype("float32") / 255
+    return uncertainty.mc_logits(classifier, images, num_samples=20).numpy()
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_measures_match_numpy(real_logits, multilabel):
+    logits = real_logits.astype(np.float64)
+    ours = uncertainty.uncertainty_from_logits(tf.constant(real_logits), multilabel)
+    mean, predictive, expected, mi = numpy_measures(logits, multilabel)
+    np.testing.assert_allclose(ours["probs"], mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours["predictive_entropy"], predictive, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours["expected_entropy"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours["mutual_information"], np.maximum(mi, 0), atol=2e-6)
+    assert real_logits.shape == (20, 64, 2)
+    # MC dropout really samples: the T passes differ.
+    assert np.std(real_logits, axis=0).mean() > 0
+
+
+def test_mi_is_zero_for_identical_samples_and_positive_for_disagreement():
+    same = tf.constant(np.tile([[[2.0, -1.0, 0.5]]], (8, 4, 1)), tf.float32)
+    assert np.allclose(uncertainty.uncertainty_from_logits(same)["mutual_information"], 0,
+                       atol=1e-6)
+    disagree = tf.constant([[[10.0, -10.0]], [[-10.0, 10.0]]], tf.float32)
+    out = uncertainty.uncertainty_from_logits(disagree)
+    assert np.isclose(out["mutual_information"][0], np.log(2), atol=1e-4)
+
+
+def test_extreme_logits_stay_finite_with_finite_gradients():
+    logits = tf.Variable([[[1e4, -1e4]], [[-1e4, 1e4]], [[0.0, 0.0]]])
+    with tf.GradientTape() as tape:
+        mi = uncertainty.objective_from_logits(logits, "mi", multilabel=False)
+        ent = uncertainty.objective_from_logits(logits, "entropy", multilabel=True)
+        total = tf.reduce_sum(mi) + tf.reduce_sum(ent)
+    gradient = tape.gradient(total, logits)
+    assert np.isfinite(total.numpy()) and np.all(np.isfinite(gradient.numpy()))
+
+
+def test_unknown_objective_is_rejected():
+    with pytest.raises(ValueError, match="Unknown objective 'bald'"):
+        uncertainty.objective_from_logits(tf.zeros((2, 1, 2)), "bald", False)

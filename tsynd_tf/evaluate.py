@@ -1,0 +1,128 @@
+r"""Evaluates a training run's classifier: clean metrics, Gaussian noise, FGSM/PGD attacks
+and (with --corruptions) MedMNIST-C-style corruptions.
+
+  python -m tsynd_tf.evaluate --run_dir=RUN [--split=test] [--corruptions]
+
+RUN is a run directory written by tsynd_tf.train (config.json, classifier.keras; see
+tsynd_tf.runs); the dataset is re-loaded from the run's flags. Results go to
+RUN/eval_<split>.json as {"settings": {...}, "metrics": {"test/acc": ..., "pgd_0.008/acc":
+..., ...}} (written atomically; an undefined metric is null), and a short table is printed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("run_dir", None, "Training run directory (config.json, "
+                    "classifier.keras).")
+flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
+flags.DEFINE_integer("num_samples", None, "MC-dropout passes T; default: the run's.")
+flags.DEFINE_integer("batch_size", None, "Images per batch (x T passes); default: the "
+                     "run's eval_batch_size, else batch_size.")
+flags.DEFINE_list("gaussian_sigmas", ["0", "0.05", "0.1", "0.2"],
+                  "Std of additive Gaussian noise on [0, 1] images; empty for none.")
+flags.DEFINE_list("fgsm_epsilons", ["0.002", "0.004", "0.008", "0.016"],
+                  "L-inf budgets of FGSM on [0, 1] images; empty for none.")
+flags.DEFINE_list("pgd_epsilons", ["0.002", "0.004", "0.008", "0.016"],
+                  "L-inf budgets of PGD on [0, 1] images; empty for none.")
+flags.DEFINE_integer("pgd_steps", 10, "PGD steps (step size 2.5 * eps / steps, random "
+                     "start).")
+flags.DEFINE_bool("corruptions", False, "Also evaluate the MedMNIST-C-style corruptions "
+                  "(5 severities each; minutes on a CPU).")
+flags.DEFINE_integer("max_examples", 0, "Evaluate a seeded stratified subset of this many "
+                     "images (0: the whole split). For quick checks only.")
+flags.DEFINE_integer("seed", 0, "Seed of the dropout masks, noise, PGD starts and "
+                     "corruptions.")
+flags.mark_flag_as_required("run_dir")
+# Checked at parse time: a wrong path fails before TensorFlow spends seconds importing.
+flags.register_validator(
+    "run_dir", lambda path: path is None or Path(path).expanduser().is_dir(),
+    "--run_dir must be an existing training run directory.")
+
+FLAGS = flags.FLAGS
+
+TABLE_METRICS = {"acc": "acc", "auc": "auc", "balanced_acc": "bal_acc", "nll": "nll",
+                 "ece": "ece", "mutual_information": "MI"}  # metric -> column header
+
+
+def _floats(flag_name: str) -> list[float]:
+    try:
+        values = [float(v) for v in FLAGS[flag_name].value]
+    except ValueError:
+        raise app.UsageError(f"--{flag_name} must be a comma-separated list of numbers; got "
+                             f"{','.join(FLAGS[flag_name].value)!r}.") from None
+    if any(not 0 <= v < 1 for v in values):
+        raise app.UsageError(f"--{flag_name} values are on [0, 1] images: 0 <= v < 1; got "
+                             f"{values}.")
+    return values
+
+
+def format_table(metrics: dict) -> str:
+    """One row per condition ('test', 'gaussian_0.1', 'corruption/pixelate_3', ...)."""
+    conditions = dict.fromkeys(key.rsplit("/", 1)[0] for key in metrics
+                               if key.endswith("/acc"))
+    width = max(len(c) for c in conditions) + 2
+    lines = [f"{'condition':<{width}}" + "".join(f"{h:>9}" for h in TABLE_METRICS.values())]
+    for condition in conditions:
+        values = (metrics.get(f"{condition}/{m}") for m in TABLE_METRICS)
+        lines.append(f"{condition:<{width}}" + "".join(
+            f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in values))
+    lines += [f"{key}: {value:.4f}" for key, value in metrics.items()
+              if key.startswith("corruption/mean_")]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    sigmas, fgsm_eps, pgd_eps = (_floats(n) for n in
+                                 ("gaussian_sigmas", "fgsm_epsilons", "pgd_epsilons"))
+    # Deferred: TensorFlow takes seconds to import; flag errors should not wait for it.
+    from tsynd_tf import evaluation, runs
+    from tsynd_tf.data import DataError, subsample_indices
+    from tsynd_tf.fileio import write_json
+
+    try:
+        run = runs.load_run(FLAGS.run_dir)
+        dataset = run.load_dataset()
+    except (runs.RunDirError, DataError) as e:
+        sys.exit(f"evaluate: {e}")
+    num_samples = FLAGS.num_samples or run.flags.get("num_samples") or 10
+    batch_size = (FLAGS.batch_size or run.flags.get("eval_batch_size")
+                  or run.flags.get("batch_size") or 128)
+    split = getattr(dataset, FLAGS.split)
+    if FLAGS.max_examples:
+        split = split.subset(subsample_indices(
+            split.targets, count=min(FLAGS.max_examples, len(split)), seed=FLAGS.seed,
+            multilabel=dataset.info.multilabel))
+
+    start = time.time()
+    metrics = evaluation.evaluate_classifier(
+        run.classifier, split.images, split.targets, dataset.info, num_samples=num_samples,
+        batch_size=batch_size, gaussian_sigmas=sigmas, fgsm_epsilons=fgsm_eps,
+        pgd_epsilons=pgd_eps, pgd_steps=FLAGS.pgd_steps, corruptions=FLAGS.corruptions,
+        seed=FLAGS.seed, split_name=FLAGS.split)
+    settings = {
+        "split": FLAGS.split, "num_examples": len(split), "num_samples": num_samples,
+        "batch_size": batch_size, "gaussian_sigmas": sigmas, "fgsm_epsilons": fgsm_eps,
+        "pgd_epsilons": pgd_eps, "pgd_steps": FLAGS.pgd_steps,
+        "pgd_step_size": "2.5 * epsilon / pgd_steps", "pgd_random_start": True,
+        "corruptions": (list(evaluation.corruptions_for(dataset.info.name))
+                        if FLAGS.corruptions else []),
+        "seed": FLAGS.seed, "seconds": round(time.time() - start, 1),
+    }
+    # JSON has no NaN: an undefined metric (AUC with one class present) is written as null.
+    json_metrics = {k: None if math.isnan(v) else v for k, v in metrics.items()}
+    path = run.directory / f"eval_{FLAGS.split}.json"
+    write_json(path, {"settings": settings, "metrics": json_metrics})
+    print(format_table(metrics))
+    logging.info("Wrote %s", path)
+
+
+if __name__ == "__main__":
+    app.run(main)

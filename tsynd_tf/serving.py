@@ -1,0 +1,261 @@
+"""A trained MC-dropout classifier as a self-contained SavedModel for TF Serving.
+
+`export_classifier` (called at the end of training, and by `python -m tsynd_tf.export`) writes `<export_dir>/<name>/<version>/` (TF Serving's layout) with two signatures:
+
+  serving_default  images: uint8 (None, size, size, channels), pixel values 0-255
+                   -> probabilities (B, K) float32, mean of T MC-dropout passes
+                      predicted_class (B,) int64, argmax of probabilities
+                      predictive_entropy (B,) float32, nats
+                      mutual_information (B,) float32, nats (epistemic part, BALD)
+                      refer (B,) bool, mutual_information > the embedded mi_threshold
+  metadata         no inputs -> class_names (K,) string, dataset_name, task string,
+                   size, channels, num_samples int64, mi_threshold float32 and
+                   metadata_json (string: everything, including how the threshold was chosen)
+
+The same JSON is also written to `assets.extra/tsynd_metadata.json`, TF Serving's folder for
+files that travel with a version, so a client can read it without TensorFlow. Reading either
+needs no project code: `tf.saved_model.load(path).signatures["metadata"]()`.
+
+The uncertainty is computed by `tsynd_tf.uncertainty` (traced into the graph), the single
+implementation that training and the latent ascent use. The default referral threshold is the
+(1 - refer_fraction) quantile of the validation images' MI at the served T: see
+`choose_mi_threshold` and saved_models/README.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "tsynd-tf-classifier"
+FORMAT_VERSION = 1
+METADATA_FILE = "tsynd_metadata.json"  # in <version>/assets.extra/
+SERVING_SIGNATURE = "serving_default"
+METADATA_SIGNATURE = "metadata"
+DEFAULT_REFER_FRACTION = 0.05
+
+
+
+class ExportError(ValueError):
+    """A run folder or export target that cannot be used; the message says why."""
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def choose_mi_threshold(classifier, val_images: np.ndarray, info, num_samples: int, *,
+                        val_targets: np.ndarray | None = None,
+                        refer_fraction: float = DEFAULT_REFER_FRACTION,
+                        batch_size: int = 256) -> tuple[float, dict]:
+    """Referral threshold: the (1 - refer_fraction) quantile of validation MI at T passes.
+
+    An image is referred when its MI (epistemic uncertainty) is higher than that of
+    (1 - refer_fraction) of in-distribution validation images: on data like the validation
+    set about `refer_fraction` of cases go to a human, and images the classifier has not
+    learnt to handle (shifted, unusual) go more often. A quantile fixes the referral
+    workload and does not depend on the handful of validation errors a small model makes.
+    T must be the T that is served: the MC estimate of MI grows with T.
+
+    `val_images`: uint8 (N, H, W, C). With `val_targets` (one-hot) the stats also give the
+    accuracy on the retained and referred validation images.
+    Returns (threshold, stats): how the rule fared on the validation images.
+    """
+    from tsynd_tf.data import make_pipeline
+    from tsynd_tf.uncertainty import mc_predict
+
+    if not 0.0 < refer_fraction < 1.0:
+        raise ValueError(f"refer_fraction must be in (0, 1); got {refer_fraction}.")
+    if len(val_images) == 0:
+        raise ValueError("No validation images to choose the MI threshold from; pass "
+                         "mi_threshold explicitly.")
+    dataset = make_pipeline(val_images, None, batch_size, channels=info.channels)
+    measures = mc_predict(classifier, dataset, num_samples, info.multilabel)
+    mi = measures["mutual_information"]
+    # "higher": the threshold is a validation MI value and at most refer_fraction lie above.
+    threshold = float(np.quantile(mi, 1.0 - refer_fraction, method="higher"))
+    referred = mi > threshold
+    stats = {
+        "rule": "quantile of validation mutual information",
+        "quantile": 1.0 - refer_fraction,
+        "refer_fraction_target": refer_fraction,
+        "refer_fraction_validation": float(referred.mean()),
+        "num_validation_images": int(len(mi)),
+        "num_samples": int(num_samples),
+        "validation_mi_median": float(np.median(mi)),
+        "validation_mi_max": float(mi.max()),
+    }
+    if val_targets is not None and not info.multilabel:
+        correct = measures["probs"].argmax(-1) == np.asarray(val_targets).argmax(-1)
+        stats["validation_accuracy"] = float(correct.mean())
+        stats["validation_accuracy_retained"] = (
+            float(correct[~referred].mean()) if (~referred).any() else None)
+        stats["validation_accuracy_referred"] = (
+            float(correct[referred].mean()) if referred.any() else None)
+    return threshold, stats
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] \
+        if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flushes every file and folder under root so the rename publishes complete data."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
+                   threshold_rule: dict | None = None, extra: dict | None = None) -> dict:
+    import keras
+    import tensorflow as tf
+
+    import tsynd_tf
+
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset_name": info.name,
+        "task": info.task,
+        "multilabel": info.multilabel,
+        "class_names": list(info.class_names),
+        "size": int(info.size),
+        "channels": int(info.channels),
+        "num_samples": int(num_samples),
+        "mi_threshold": float(mi_threshold),
+        "threshold_rule": threshold_rule or {"rule": "given explicitly"},
+        "classifier": classifier.name,
+        "input": {"name": "images", "dtype": "uint8",
+                  "shape": [None, int(info.size), int(info.size), int(info.channels)],
+                  "range": [0, 255]},
+        "outputs": {
+            "probabilities": "float32 (B, K): mean over num_samples MC-dropout passes "
+                             "(softmax; independent sigmoids for multi-label tasks)",
+            "predicted_class": "int64 (B,): argmax of probabilities",
+            "predictive_entropy": "float32 (B,): entropy of the mean prediction, nats",
+            "mutual_information": "float32 (B,): predictive minus expected entropy, nats",
+            "refer": "bool (B,): mutual_information > mi_threshold",
+        },
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tsynd_tf": tsynd_tf.__version__, "tensorflow": tf.__version__,
+                     "keras": keras.__version__},
+    }
+    if extra:
+        metadata.update(extra)
+    return metadata
+
+
+def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
+                      export_dir, *, name: str | None = None, version: int | None = None,
+                      threshold_rule: dict | None = None,
+                      extra_metadata: dict | None = None) -> Path:
+    """Writes <export_dir>/<name>/<version>/ atomically and returns its path.
+
+    `classifier`: a Keras MC-dropout classifier taking float32 images in [0, 1] and returning
+    logits. `info`: its DatasetInfo. The SavedModel is written to a hidden temporary folder
+    beside the target (TF Serving ignores names that are not numbers), flushed to disk and
+    renamed into place: a version folder either is complete or does not exist.
+    """
+    import keras
+    import tensorflow as tf
+
+    from tsynd_tf.uncertainty import mc_logits, uncertainty_from_logits
+
+    num_samples = int(num_samples)
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be >= 2 (MC dropout); got {num_samples}: with one "
+                         "pass the mutual information is always 0.")
+    mi_threshold = float(mi_threshold)
+    if not math.isfinite(mi_threshold) or mi_threshold < 0:
+        raise ValueError(f"mi_threshold must be a finite number >= 0 (nats); got "
+                         f"{mi_threshold}.")
+    expected = (info.size, info.size, info.channels)
+    if tuple(classifier.input_shape[1:]) != expected:
+        raise ValueError(f"The classifier takes {tuple(classifier.input_shape[1:])} images but "
+                         f"the dataset info says {expected}.")
+    if classifier.output_shape[-1] != info.num_classes:
+        raise ValueError(f"The classifier has {classifier.output_shape[-1]} outputs but the "
+                         f"dataset has {info.num_classes} classes.")
+
+    model_dir = Path(export_dir).expanduser() / (name or info.name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = _next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be >= 1; got {version}.")
+    target = model_dir / str(version)
+    if target.exists():
+        raise ExportError(f"{target} already exists; exported versions are never "
+                          "overwritten. Pass another --version or leave it out.")
+
+    metadata = build_metadata(classifier, info, num_samples, mi_threshold, threshold_rule,
+                              extra_metadata)
+    metadata_json = json.dumps(metadata, indent=2)
+    multilabel = info.multilabel
+
+    def serve(images):
+        x = tf.cast(images, tf.float32) / 255.0
+        measures = uncertainty_from_logits(mc_logits(classifier, x, num_samples), multilabel)
+        probs = measures["probs"]
+        mi = measures["mutual_information"]
+        return {
+            "probabilities": probs,
+            "predicted_class": tf.argmax(probs, axis=-1, output_type=tf.int64),
+            "predictive_entropy": measures["predictive_entropy"],
+            "mutual_information": mi,
+            "refer": mi > mi_threshold,
+        }
+
+    def describe():
+        return {
+            "class_names": tf.constant(list(info.class_names), tf.string),
+            "dataset_name": tf.constant(info.name, tf.string),
+            "task": tf.constant(info.task, tf.string),
+            "size": tf.constant(info.size, tf.int64),
+            "channels": tf.constant(info.channels, tf.int64),
+            "num_samples": tf.constant(num_samples, tf.int64),
+            "mi_threshold": tf.constant(mi_threshold, tf.float32),
+            "metadata_json": tf.constant(metadata_json, tf.string),
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(classifier)  # exposes .variables on the loaded object
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[
+        tf.TensorSpec((None, *expected), tf.uint8, name="images")])
+    archive.add_endpoint(METADATA_SIGNATURE, describe, input_signature=[])
+
+    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        extra_dir = tmp / "assets.extra"
+        extra_dir.mkdir(exist_ok=True)
+        (extra_dir / METADATA_FILE).write_text(metadata_json + "\n")
+        _fsync_tree(tmp)
+        if target.exists():  # another export took this version meanwhile
+            raise ExportError(f"{target} appeared while exporting; not overwritten.")
+        os.rename(tmp, target)
+        fd = os.open(model_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
