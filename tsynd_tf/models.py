@@ -43,7 +43,7 @@ def _conv(x, filters, strides=1, activation="relu"):
     return layers.Conv2D(filters, 3, strides=strides, padding="same", activation=activation)(x)
 
 
-def build_autoencoder(size: int, channels: int, latent_channels: int = 8, width: int = 32):
+def build_autoencoder(size: int, channels: int, latent_channels: int = 8, width: int = 16):
     """Returns (encoder, decoder, autoencoder). z = encoder(x) has shape (s, s, latent_channels)
     with s = size / 2**num_downsamplings(size); the decoder's sigmoid output is in [0, 1]."""
     levels = num_downsamplings(size)

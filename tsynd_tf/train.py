@@ -10,6 +10,7 @@ unless --export_dir is empty, a SavedModel under <export_dir>/<run name>/1.
 """
 
 import os
+import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -46,6 +47,8 @@ flags.DEFINE_enum("classifier", "small_cnn", models.CLASSIFIERS, "Classifier arc
 flags.DEFINE_float("dropout_rate", 0.3, "MC dropout rate (head; half of it after each stage).")
 flags.DEFINE_integer("num_samples", 10, "MC dropout samples T per image.")
 flags.DEFINE_integer("latent_channels", 8, "Channels of the autoencoder's latent maps.")
+flags.DEFINE_integer("ae_width", 16, "Filters of the autoencoder's first layer (doubling per "
+                     "level up to 8x).")
 # Optimisation.
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size of evaluation and generation.")
@@ -113,7 +116,13 @@ def main(argv):
 
     names = [f.name for f in FLAGS.get_key_flags_for_module(__name__)]
     flag_values = {name: FLAGS[name].value for name in names}
-    trainer = training.Trainer(FLAGS, flag_values)
+    from tsynd_tf.data import DataError
+    from tsynd_tf.runs import RunDirError
+
+    try:
+        trainer = training.Trainer(FLAGS, flag_values)
+    except (DataError, RunDirError) as e:  # bad input: the message says what to fix
+        sys.exit(f"train: {e}")
     results = trainer.run()
     export_path = trainer.export(FLAGS.export_dir, run_name()) if FLAGS.export_dir else None
     print(f"\n{run_name()}: test ACC {results['test/acc']:.4f}, AUC {results['test/auc']:.4f} "

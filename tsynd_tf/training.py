@@ -127,7 +127,7 @@ class Trainer:
 
         size, channels = info.size, self.dataset.train.images.shape[-1]
         self.encoder, self.decoder, self.autoencoder = models.build_autoencoder(
-            size, channels, config.latent_channels)
+            size, channels, config.latent_channels, config.ae_width)
         self.autoencoder.compile(keras.optimizers.Adam(config.ae_learning_rate), "mse",
                                  metrics=[models.psnr, models.ssim],
                                  jit_compile=config.jit_compile)

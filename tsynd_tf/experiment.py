@@ -1,0 +1,145 @@
+r"""Runs a sweep: training configs x methods x seeds, one training + evaluation per cell.
+
+  python -m tsynd_tf.experiment --flagfile=flags/sweep_medmnist.cfg
+  python -m tsynd_tf.report --sweep_dir=sweeps/medmnist        # tables, figures, RESULTS.md
+
+Each cell is `python -m tsynd_tf.train --flagfile=CONFIG --method=M --seed=S` followed by
+`python -m tsynd_tf.evaluate` (clean, Gaussian noise, FGSM, PGD) in subprocesses, so a cell
+that crashes does not take the sweep down and cells can run side by side (--workers).
+Finished cells are appended as one JSON line each to <sweep_dir>/results.jsonl and skipped
+when the sweep is started again; an unfinished cell resumes from its run's checkpoint.
+"""
+
+import concurrent.futures
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+flags.DEFINE_list("configs", None, "Training flagfiles, one per dataset x train fraction "
+                  "(e.g. flags/pneumoniamnist_1pct.cfg).")
+flags.DEFINE_list("methods", ["baseline", "latent_noise", "tsynd_mi", "tsynd_entropy"],
+                  "Methods compared in every config.")
+flags.DEFINE_integer("num_seeds", 5, "Seeds 0..num_seeds-1 per config and method.")
+flags.DEFINE_string("sweep_dir", None, "Sweep folder: runs/<cell>/ and results.jsonl.")
+flags.DEFINE_string("train_args", "", "Extra training flags for every cell, space-separated, "
+                    "e.g. --train_args='--rounds=3 --ae_epochs=20'.")
+flags.DEFINE_string("eval_args", "--gaussian_sigmas=0,0.05,0.1,0.2 --fgsm_epsilons=0.004,0.016 "
+                    "--pgd_epsilons=0.004,0.016", "Flags of tsynd_tf.evaluate for every cell, "
+                    "space-separated.")
+flags.DEFINE_integer("workers", 1, "Cells run at once; each gets cores / workers threads.")
+flags.mark_flags_as_required(["configs", "sweep_dir"])
+
+FLAGS = flags.FLAGS
+RESULTS_FILE = "results.jsonl"
+
+
+def cell_name(config: str, method: str, seed: int) -> str:
+    return f"{Path(config).stem}_{method}_s{seed}"
+
+
+def finished_cells(results_path: Path) -> set[str]:
+    """Cells already in the results file; a torn last line (a crash mid-write) is ignored."""
+    done = set()
+    if results_path.exists():
+        for line in results_path.read_text().splitlines():
+            try:
+                done.add(json.loads(line)["cell"])
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return done
+
+
+def append_result(results_path: Path, record: dict) -> None:
+    """One line per cell, written whole and flushed to disk before the next cell counts it."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(results_path, "a+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:  # after a torn write, start on a fresh line
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":
+                line = "\n" + line
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int) -> dict:
+    name = cell_name(config, method, seed)
+    run_dir = sweep_dir / "runs" / name
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS=str(threads),
+               OMP_NUM_THREADS=str(threads))
+    log_path = sweep_dir / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    steps = {
+        "train": [sys.executable, "-m", "tsynd_tf.train", f"--flagfile={config}",
+                  f"--method={method}", f"--seed={seed}", f"--output_dir={run_dir}",
+                  "--export_dir=", "--verbose=2", *shlex.split(FLAGS.train_args)],
+        "evaluate": [sys.executable, "-m", "tsynd_tf.evaluate", f"--run_dir={run_dir}",
+                     f"--seed={seed}", *shlex.split(FLAGS.eval_args)],
+    }
+    seconds = {}
+    with open(log_path, "a") as log:
+        for step, command in steps.items():
+            start = time.time()
+            log.write(f"\n$ {' '.join(command)}\n")
+            log.flush()
+            done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name}: {step} failed (exit {done.returncode}); see "
+                                   f"{log_path}")
+            seconds[step] = round(time.time() - start, 1)
+    training = json.loads((run_dir / "results.json").read_text())
+    evaluation = json.loads((run_dir / "eval_test.json").read_text())
+    flag_values = json.loads((run_dir / "config.json").read_text())["flags"]
+    return {"cell": name, "config": Path(config).stem, "dataset": flag_values["dataset"],
+            "train_fraction": flag_values["train_fraction"],
+            "train_count": flag_values["train_count"], "method": method, "seed": seed,
+            "run_dir": str(run_dir), "seconds": seconds, "training": training,
+            "metrics": evaluation["metrics"]}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    missing = [c for c in FLAGS.configs if not Path(c).is_file()]
+    if missing:
+        raise app.UsageError(f"--configs: no such flagfile {missing}.")
+    if FLAGS.workers < 1 or FLAGS.num_seeds < 1:
+        raise app.UsageError("--workers and --num_seeds must be >= 1.")
+    sweep_dir = Path(FLAGS.sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results_path = sweep_dir / RESULTS_FILE
+    done = finished_cells(results_path)
+    # Seed-major order: an interrupted sweep has every config x method for the first seeds.
+    cells = [(config, method, seed) for seed in range(FLAGS.num_seeds)
+             for config in FLAGS.configs for method in FLAGS.methods
+             if cell_name(config, method, seed) not in done]
+    logging.info("%d cells finished, %d to run, %d at a time.", len(done), len(cells),
+                 FLAGS.workers)
+    threads = max(1, (os.cpu_count() or 1) // FLAGS.workers)
+    failures = 0
+    with concurrent.futures.ThreadPoolExecutor(FLAGS.workers) as pool:
+        futures = {pool.submit(run_cell, *cell, sweep_dir, threads): cell for cell in cells}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                record = future.result()
+            except RuntimeError as e:
+                failures += 1
+                logging.error("%s", e)
+                continue
+            append_result(results_path, record)  # only this thread writes the file
+            logging.info("%s: test acc %.4f auc %.4f (%s)", record["cell"],
+                         record["metrics"]["test/acc"], record["metrics"]["test/auc"],
+                         record["seconds"])
+    if failures:
+        sys.exit(f"{failures} cell(s) failed; fix and start the sweep again to retry them.")
+
+
+if __name__ == "__main__":
+    app.run(main)
