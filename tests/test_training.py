@@ -112,3 +112,13 @@ def test_impossible_flags_fail_with_a_message(flag, message):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_same_seed_repeats_the_run_exactly_on_cpu(uninterrupted, tmp_path, medmnist_dir):
+    reference, _ = uninterrupted
+    train(tmp_path, medmnist_dir)
+    again = json.loads((tmp_path / "results.json").read_text())
+    expected = json.loads((reference / "results.json").read_text())
+    for key in ("seconds_this_session",):
+        again.pop(key), expected.pop(key)
+    assert again == expected

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from tsynd_tf.fileio import append_json_line, read_json_lines
+from tsynd_tf.runs import SWEEP_RESULTS_FILE
+
 flags.DEFINE_list("configs", None, "Training flagfiles, one per dataset x train fraction "
                   "(e.g. flags/pneumoniamnist_1pct.cfg).")
 flags.DEFINE_list("methods", ["baseline", "latent_noise", "tsynd_mi", "tsynd_entropy"],
@@ -36,7 +39,6 @@ flags.DEFINE_integer("workers", 1, "Cells run at once; each gets cores / workers
 flags.mark_flags_as_required(["configs", "sweep_dir"])
 
 FLAGS = flags.FLAGS
-RESULTS_FILE = "results.jsonl"
 
 
 def cell_name(config: str, method: str, seed: int) -> str:
@@ -44,29 +46,7 @@ def cell_name(config: str, method: str, seed: int) -> str:
 
 
 def finished_cells(results_path: Path) -> set[str]:
-    """Cells already in the results file; a torn last line (a crash mid-write) is ignored."""
-    done = set()
-    if results_path.exists():
-        for line in results_path.read_text().splitlines():
-            try:
-                done.add(json.loads(line)["cell"])
-            except (json.JSONDecodeError, KeyError):
-                continue
-    return done
-
-
-def append_result(results_path: Path, record: dict) -> None:
-    """One line per cell, written whole and flushed to disk before the next cell counts it."""
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(results_path, "a+") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() > 0:  # after a torn write, start on a fresh line
-            f.seek(f.tell() - 1)
-            if f.read(1) != "\n":
-                line = "\n" + line
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    return {record["cell"] for record in read_json_lines(results_path) if "cell" in record}
 
 
 def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int) -> dict:
@@ -114,7 +94,7 @@ def main(argv):
         raise app.UsageError("--workers and --num_seeds must be >= 1.")
     sweep_dir = Path(FLAGS.sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    results_path = sweep_dir / RESULTS_FILE
+    results_path = sweep_dir / SWEEP_RESULTS_FILE
     done = finished_cells(results_path)
     # Seed-major order: an interrupted sweep has every config x method for the first seeds.
     cells = [(config, method, seed) for seed in range(FLAGS.num_seeds)
@@ -133,7 +113,7 @@ def main(argv):
                 failures += 1
                 logging.error("%s", e)
                 continue
-            append_result(results_path, record)  # only this thread writes the file
+            append_json_line(results_path, record)  # only this thread writes the file
             logging.info("%s: test acc %.4f auc %.4f (%s)", record["cell"],
                          record["metrics"]["test/acc"], record["metrics"]["test/auc"],
                          record["seconds"])

@@ -68,13 +68,21 @@ class LatentAscent(keras.Model):
         self.objective, self.epsilon, self.step_size = objective, epsilon, step_size
         self.num_samples, self.multilabel = num_samples, multilabel
         latent_shape = (pool_size, *decoder.input_shape[1:])
-        self.latents = self.add_weight(shape=latent_shape, initializer="zeros", name="latents")
+        # Under a tf.distribute strategy every replica steps its share of each batch, then
+        # all replicas apply the same gathered update (train_step): ONLY_FIRST_REPLICA lets
+        # a replica write the mirrored variable and makes a cross-replica read return one
+        # copy (SUM would return the sum of the copies).
+        self.latents = self.add_weight(shape=latent_shape, initializer="zeros", name="latents",
+                                       autocast=False, aggregation="only_first_replica")
         self.anchors = self.add_weight(shape=latent_shape, initializer="zeros", name="anchors",
-                                       trainable=False)
+                                       trainable=False, autocast=False)
         self.radii = self.add_weight(shape=(pool_size,), initializer="zeros", name="radii",
-                                     trainable=False)
+                                     trainable=False, autocast=False)
         self.objective_tracker = keras.metrics.Mean(name="objective")
         self.distance_tracker = keras.metrics.Mean(name="relative_distance")
+        # All state exists now; without this, `fit` under a distribution strategy tries to
+        # build the model by calling it, and this model has no `call`.
+        self.built = True
 
     @property
     def metrics(self):
@@ -108,12 +116,25 @@ class LatentAscent(keras.Model):
         direction = gradient / _per_example(_flat_norm(gradient) + _NORM_EPS)
         stepped = latents + direction * _per_example(self.step_size * radii)
         projected = project_to_ball(stepped, anchors, radii)
-        self.latents.assign(tf.tensor_scatter_nd_update(self.latents, indices[:, None],
-                                                        projected))
+        self._write_latents(indices, projected)
         self.objective_tracker.update_state(objective)
         self.distance_tracker.update_state(_flat_norm(projected - anchors) /
                                            (radii / self.epsilon + _NORM_EPS))
         return {m.name: m.result() for m in self.metrics}
+
+    def _write_latents(self, indices: tf.Tensor, projected: tf.Tensor) -> None:
+        """Writes the stepped latents of this batch into the pool, in place.
+
+        With several replicas each holds a different part of the batch: all-gather the
+        parts (their sizes may differ, e.g. in a last partial batch), so that every replica
+        applies the same update of the whole batch to its copy of the pool.
+        """
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            indices = context.all_gather(indices, axis=0)
+            projected = context.all_gather(projected, axis=0)
+        # A sparse in-place update: touches the batch's rows only, not the whole pool.
+        self.latents.value.scatter_update(tf.IndexedSlices(projected, indices))
 
     def _gradient_scale(self) -> float:
         return 1024.0 if self.decoder.compute_dtype == "float16" else 1.0

@@ -16,8 +16,10 @@ from tsynd_tf import data
 from tsynd_tf.fileio import write_json
 
 CONFIG_FILE, CLASSIFIER_FILE = "config.json", "classifier.keras"
-# Flags that may change between a run and its resumption: they do not change the result.
-RESUMABLE_FLAGS = ("output_dir", "data_dir", "export_dir", "verbose")
+SWEEP_RESULTS_FILE = "results.jsonl"  # one JSON line per finished cell of a sweep
+# Flags that may change between a run and its resumption: they do not change the result
+# (`strategy` says how to train, not what: a checkpoint restores under any strategy).
+RESUMABLE_FLAGS = ("output_dir", "data_dir", "export_dir", "verbose", "strategy")
 
 
 class RunDirError(ValueError):

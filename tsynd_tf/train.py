@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from tsynd_tf import generation, models
+from tsynd_tf import distribute, generation, models
 from tsynd_tf.data import MEDMNIST_SIZES
 
 # Data.
@@ -52,8 +52,8 @@ flags.DEFINE_integer("ae_width", 16, "Filters of the autoencoder's first layer (
 # Optimisation.
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size of evaluation and generation.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Classifier steps per epoch; 0 = one pass over "
-                     "the labelled images.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Classifier and autoencoder steps per epoch; 0 = "
+                     "one pass over their training images.")
 flags.DEFINE_float("learning_rate", 1e-3, "Classifier Adam learning rate.")
 flags.DEFINE_integer("initial_epochs", 20, "Classifier epochs on real data before round 1.")
 flags.DEFINE_integer("epochs_per_round", 10, "Classifier epochs after each round.")
@@ -68,6 +68,9 @@ flags.DEFINE_string("output_dir", None, "Run directory (default runs/<dataset>_<
 flags.DEFINE_string("export_dir", "saved_models", "Where the SavedModel goes; '' to skip.")
 flags.DEFINE_enum("mixed_precision", "auto", ["auto", "float32", "mixed_float16",
                   "mixed_bfloat16"], "'auto': mixed_float16 on a GPU, float32 on a CPU.")
+flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
+                  "tf.distribute strategy: 'mirrored' = this machine's GPUs, 'multi_worker' = "
+                  "several machines configured by TF_CONFIG (BUILD.md), 'tpu'.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile train and ascent steps (GPU; on CPU it "
                   "is 10-30x slower).")
 flags.DEFINE_integer("verbose", -1, "Keras verbosity; -1: progress bars on a terminal, one "
@@ -124,11 +127,13 @@ def main(argv):
     except (DataError, RunDirError) as e:  # bad input: the message says what to fix
         sys.exit(f"train: {e}")
     results = trainer.run()
-    export_path = trainer.export(FLAGS.export_dir, run_name()) if FLAGS.export_dir else None
+    # In multi-worker training only the chief exports (the others hold the same weights).
+    export_path = (trainer.export(FLAGS.export_dir, run_name())
+                   if FLAGS.export_dir and trainer.is_chief else None)
     print(f"\n{run_name()}: test ACC {results['test/acc']:.4f}, AUC {results['test/auc']:.4f} "
           f"(best val AUC {results['val/auc']:.4f}); {results['num_synthetic']} synthetic "
-          f"images.\nRun directory: {FLAGS.output_dir}\nTensorBoard:   tensorboard --logdir "
-          f"{FLAGS.output_dir}/tensorboard" + (f"\nSavedModel:    {export_path}"
+          f"images.\nRun directory: {trainer.run_dir}\nTensorBoard:   tensorboard --logdir "
+          f"{trainer.run_dir}/tensorboard" + (f"\nSavedModel:    {export_path}"
                                                 if export_path else ""))
 
 

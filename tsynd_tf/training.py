@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import logging as absl_logging
 from tensorboard.plugins.hparams import api as hparams_api
 
-from tsynd_tf import data, evaluation, generation, models, runs, uncertainty
+from tsynd_tf import data, distribute, evaluation, generation, models, runs, uncertainty
 from tsynd_tf.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,32 @@ def labelled_indices(dataset: data.Dataset, config) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- pipelines
 
+def for_fit(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """A dataset for `fit` under any strategy: in multi-worker training each worker takes its
+    own part of every global batch (DATA sharding; the default AUTO policy first tries to
+    shard by input file, which these in-memory datasets do not have)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)
+
+
+def interleaving_order(n_real: int, n_synthetic: int) -> np.ndarray:
+    """Row order that spreads the synthetic rows evenly through a [real, synthetic] batch, so
+    that every replica's contiguous slice of it holds the same real/synthetic mix."""
+    keys = np.concatenate([(np.arange(n_real) + 0.5) / n_real,
+                           (np.arange(n_synthetic) + 0.5) / n_synthetic])
+    return np.argsort(keys, kind="stable")
+
+
 def classifier_batches(real: data.Split, synthetic: data.Split | None, config,
-                       seed: int) -> tf.data.Dataset:
-    """Endless training batches: real only, or real and synthetic in a fixed ratio."""
+                       seed: int, replicas: int = 1) -> tf.data.Dataset:
+    """Endless training batches: real only, or real and synthetic in a fixed ratio.
+
+    With several replicas (a distribution strategy) the two parts are interleaved: each
+    replica gets a contiguous slice of the batch and normalises it with its own BatchNorm
+    statistics, which must not come from real or synthetic images alone.
+    """
     if synthetic is None or len(synthetic) == 0:
         return data.make_pipeline(real.images, real.targets, config.batch_size, shuffle=True,
                                   seed=seed, augment=config.augment, repeat=True)
@@ -70,8 +93,16 @@ def classifier_batches(real: data.Split, synthetic: data.Split | None, config,
     synthetic_ds = data.make_pipeline(synthetic.images, synthetic.targets, n_synthetic,
                                       shuffle=True, seed=seed + 1, augment=config.augment,
                                       repeat=True)
-    return tf.data.Dataset.zip(real_ds, synthetic_ds).map(
-        lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)))
+    order = (interleaving_order(config.batch_size - n_synthetic, n_synthetic)
+             if replicas > 1 else None)
+
+    def join(a, b):
+        images, targets = tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)
+        if order is None:
+            return images, targets
+        return tf.gather(images, order), tf.gather(targets, order)
+
+    return tf.data.Dataset.zip(real_ds, synthetic_ds).map(join)
 
 
 def eval_batches(split: data.Split, batch_size: int) -> tf.data.Dataset:
@@ -103,7 +134,13 @@ class Trainer:
 
     def __init__(self, config, flags: dict):
         self.config = config
-        self.run_dir = Path(config.output_dir)
+        # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime.
+        self.strategy = distribute.make_strategy(getattr(config, "strategy", "default"))
+        self.is_chief = distribute.is_chief(self.strategy)
+        # The run directory; in multi-worker training the chief writes it and the other
+        # workers write their own folder inside it, but all resume from the chief's files.
+        self.output_dir = Path(config.output_dir)
+        self.run_dir = distribute.worker_dir(self.output_dir, self.strategy)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         quiet_tensorflow_logs()
         self.verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
@@ -123,8 +160,41 @@ class Trainer:
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.real) /
                                                                    config.batch_size)
         self.val_ds = eval_batches(self.dataset.val, config.eval_batch_size)
-        self.real_images = data.make_pipeline(self.real.images, None, config.eval_batch_size)
+        self.real_images = uncertainty.without_autotuning(  # precise BN iterates it
+            data.make_pipeline(self.real.images, None, config.eval_batch_size))
 
+        if self.strategy.num_replicas_in_sync > 1 or not self.is_chief:
+            log.info("Distributed: %s.", distribute.describe(self.strategy))
+        with self.strategy.scope():
+            self.build_models(info)
+        self._inference = {}
+
+        self.ae_epoch = tf.Variable(0, dtype=tf.int64, name="ae_epoch")
+        self.classifier_epoch = tf.Variable(0, dtype=tf.int64, name="classifier_epoch")
+        self.best_val_auc = tf.Variable(-1.0, dtype=tf.float64, name="best_val_auc")
+        self.checkpoint = tf.train.Checkpoint(
+            autoencoder=self.autoencoder, ae_optimizer=self.autoencoder.optimizer,
+            classifier=self.classifier, optimizer=self.classifier.optimizer,
+            ae_epoch=self.ae_epoch, classifier_epoch=self.classifier_epoch,
+            best_val_auc=self.best_val_auc)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints",
+                                                  max_to_keep=2)
+        # Every worker resumes from the chief's checkpoint, so all start from the same state.
+        # It restores under any strategy: a checkpoint holds one value per variable.
+        latest = tf.train.latest_checkpoint(self.output_dir / "checkpoints")
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            log.info("Resumed from %s (autoencoder epoch %d, classifier epoch %d).",
+                     latest, int(self.ae_epoch), int(self.classifier_epoch))
+        self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        with self.writer.as_default():
+            hparams_api.hparams({k: v for k, v in flags.items()
+                                 if isinstance(v, (bool, int, float, str))})
+
+    def build_models(self, info: data.DatasetInfo) -> None:
+        """Autoencoder, classifier (compiled, optimizer slots built) and the latent ascent;
+        called under the strategy's scope, so their variables are distributed."""
+        config = self.config
         size, channels = info.size, self.dataset.train.images.shape[-1]
         self.encoder, self.decoder, self.autoencoder = models.build_autoencoder(
             size, channels, config.latent_channels, config.ae_width)
@@ -152,25 +222,20 @@ class Trainer:
                 num_samples=config.num_samples, multilabel=info.multilabel)
             self.ascent.compile(optimizer=None, jit_compile=config.jit_compile)
 
-        self.ae_epoch = tf.Variable(0, dtype=tf.int64, name="ae_epoch")
-        self.classifier_epoch = tf.Variable(0, dtype=tf.int64, name="classifier_epoch")
-        self.best_val_auc = tf.Variable(-1.0, dtype=tf.float64, name="best_val_auc")
-        self.checkpoint = tf.train.Checkpoint(
-            autoencoder=self.autoencoder, ae_optimizer=self.autoencoder.optimizer,
-            classifier=self.classifier, optimizer=self.classifier.optimizer,
-            ae_epoch=self.ae_epoch, classifier_epoch=self.classifier_epoch,
-            best_val_auc=self.best_val_auc)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints",
-                                                  max_to_keep=2)
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            log.info("Resumed from %s (autoencoder epoch %d, classifier epoch %d).",
-                         self.manager.latest_checkpoint, int(self.ae_epoch),
-                         int(self.classifier_epoch))
-        self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
-        with self.writer.as_default():
-            hparams_api.hparams({k: v for k, v in flags.items()
-                                 if isinstance(v, (bool, int, float, str))})
+    def infer(self, model: keras.Model, images: np.ndarray) -> np.ndarray:
+        """model(images, training=False) in batches, on this worker's device.
+
+        Unlike `predict`, this never distributes the batches, so in multi-worker training
+        every worker computes the whole result itself (encoder and decoder are
+        deterministic: all workers get the same).
+        """
+        if model.name not in self._inference:
+            self._inference[model.name] = tf.function(
+                lambda x: model(x, training=False), reduce_retracing=True)
+        step = self._inference[model.name]
+        batches = uncertainty.without_autotuning(
+            tf.data.Dataset.from_tensor_slices(images).batch(self.config.eval_batch_size))
+        return np.concatenate([step(batch).numpy() for batch in batches], axis=0)
 
     # ------------------------------------------------------------------ per-epoch work
 
@@ -197,8 +262,10 @@ class Trainer:
     def evaluate(self, split: data.Split, batches: tf.data.Dataset) -> dict:
         """MC-averaged metrics and mean uncertainty of the classifier on a split."""
         info = self.dataset.info
-        out = uncertainty.mc_predict(self.classifier, batches, self.config.num_samples,
-                                     info.multilabel)
+        # The same dropout masks at every epoch: model selection compares weights, not draws.
+        with evaluation.seeded_dropout(self.classifier, self.config.seed):
+            out = uncertainty.mc_predict(self.classifier, batches, self.config.num_samples,
+                                         info.multilabel)
         metrics = evaluation.classification_metrics(split.targets, out["probs"], info)
         metrics = {k: v for k, v in metrics.items() if k in ("acc", "auc", "nll", "ece")}
         metrics["mi"] = float(out["mutual_information"].mean())
@@ -213,14 +280,19 @@ class Trainer:
             return
         images = self.dataset.train.images if config.ae_use_unlabelled else self.real.images
         to_pair = lambda x: (x, x)  # noqa: E731 - reconstruction target is the input
-        train = data.make_pipeline(images, None, config.batch_size, shuffle=True,
-                                   seed=config.seed).map(to_pair)
-        val = data.make_pipeline(self.dataset.val.images, None,
-                                 config.eval_batch_size).map(to_pair)
+        # --steps_per_epoch applies here too: at 1% (one batch of labelled images) one pass
+        # per epoch would give the autoencoder ~30 steps, and its decodes would be grey blurs.
+        steps = config.steps_per_epoch or math.ceil(len(images) / config.batch_size)
+        train = for_fit(data.make_pipeline(images, None, config.batch_size, shuffle=True,
+                                           seed=config.seed, repeat=True).map(to_pair))
+        # Iterated afresh every epoch, where autotuning stalls (uncertainty.without_autotuning).
+        val = for_fit(uncertainty.without_autotuning(data.make_pipeline(
+            self.dataset.val.images, None, config.eval_batch_size).map(to_pair)))
         log.info("Autoencoder on %d images, epochs %d..%d.", len(images),
-                     int(self.ae_epoch), config.ae_epochs)
+                 int(self.ae_epoch), config.ae_epochs)
         self.autoencoder.fit(train, validation_data=val, epochs=config.ae_epochs,
-                             initial_epoch=int(self.ae_epoch), verbose=self.verbose,
+                             steps_per_epoch=steps, initial_epoch=int(self.ae_epoch),
+                             verbose=self.verbose,
                              callbacks=[EpochEnd(self, "autoencoder")], shuffle=False)
 
     def train_classifier(self, until_epoch: int, synthetic: data.Split | None) -> None:
@@ -228,20 +300,23 @@ class Trainer:
         if start >= until_epoch:
             return
         # Seeded by the epoch it starts at, so a resumed stage is seeded as a fresh one.
-        batches = classifier_batches(self.real, synthetic, self.config,
-                                     seed=self.config.seed * 1000 + start)
+        batches = for_fit(classifier_batches(self.real, synthetic, self.config,
+                                             seed=self.config.seed * 1000 + start,
+                                             replicas=self.strategy.num_replicas_in_sync))
         self.classifier.fit(batches, epochs=until_epoch, initial_epoch=start,
                             steps_per_epoch=self.steps_per_epoch, verbose=self.verbose,
                             callbacks=[EpochEnd(self, "classifier")], shuffle=False)
 
-    def pool_path(self, round_index: int) -> Path:
-        return self.run_dir / "synthetic" / f"round_{round_index:02d}.npz"
+    def pool_path(self, round_index: int, run_dir: Path | None = None) -> Path:
+        return (run_dir or self.run_dir) / "synthetic" / f"round_{round_index:02d}.npz"
 
     def generate_pool(self, round_index: int) -> data.Split:
-        """The round's synthetic images, generated once and then read back from disk."""
+        """The round's synthetic images, generated once and then read back from disk (from
+        the chief's run directory: in multi-worker training all workers read the same)."""
         path = self.pool_path(round_index)
-        if path.exists():
-            with np.load(path) as pool:
+        done = self.pool_path(round_index, self.output_dir)
+        if done.exists():
+            with np.load(done) as pool:
                 return data.Split(pool["images"], pool["targets"])
         config, seed = self.config, self.config.seed * 1000 + round_index
         start = time.time()
@@ -249,19 +324,19 @@ class Trainer:
         sources = rng.choice(len(self.real), size=self.pool_size,
                              replace=self.pool_size > len(self.real))
         source_images = self.real.images[sources].astype(np.float32) / 255.0
-        anchors = self.encoder.predict(source_images, batch_size=config.eval_batch_size,
-                                       verbose=0)
+        anchors = self.infer(self.encoder, source_images)
         if config.method == "latent_noise":
             latents = generation.latent_noise(anchors, config.epsilon, seed).numpy()
         else:
             self.ascent.start_from(anchors)
-            self.ascent.fit(tf.data.Dataset.range(self.pool_size).batch(config.batch_size),
+            # Under a strategy each replica steps its share of every batch of latents.
+            self.ascent.fit(for_fit(uncertainty.without_autotuning(
+                                tf.data.Dataset.range(self.pool_size).batch(config.batch_size))),
                             epochs=config.ascent_steps, verbose=self.verbose, shuffle=False)
             latents = self.ascent.latents.numpy()
-        synthetic = self.decoder.predict(latents, batch_size=config.eval_batch_size, verbose=0)
+        synthetic = self.infer(self.decoder, latents)
         pool = data.Split(to_uint8(synthetic), self.real.targets[sources])
-        reconstructions = self.decoder.predict(anchors, batch_size=config.eval_batch_size,
-                                               verbose=0)
+        reconstructions = self.infer(self.decoder, anchors)
         self.log_pool(round_index, source_images, reconstructions, synthetic, anchors, latents,
                       pool.targets, time.time() - start)
         with atomic_path(path, ".npz") as tmp:

@@ -93,10 +93,26 @@ def _mc_step(classifier, num_samples: int, multilabel: bool):
     return steps[num_samples, multilabel]
 
 
+def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The dataset with tf.data autotuning off.
+
+    On a 2-core CPU, a pass over an autotuned pipeline of in-memory images while the model
+    computes stalls every second or third time for ~0.5 s (measured: MC prediction of the
+    624 PneumoniaMNIST test images took 0.70 s or 1.27 s, bimodal; with autotuning off
+    0.74-0.95 s, never 1.27 s; docs/PERFORMANCE.md). These pipelines only cast uint8 to
+    float, which needs no tuning.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def mc_predict(classifier, dataset: tf.data.Dataset, num_samples: int,
                multilabel: bool = False) -> dict:
     """Runs `uncertainty_from_logits` over a dataset of images (or (images, targets))."""
     step = _mc_step(classifier, num_samples, multilabel)
+    if isinstance(dataset, tf.data.Dataset):
+        dataset = without_autotuning(dataset)
     outputs = {}
     for batch in dataset:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -1,0 +1,1 @@
+"""Benchmarks of the TSynD training path on real data: `python -m bench.run` (run.py)."""

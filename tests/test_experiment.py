@@ -1,0 +1,202 @@
+"""The sweep runner, its report and Grad-CAM, on real PneumoniaMNIST.
+
+One tiny sweep (2 methods x 1 seed) is shared by the module. The report runs as a
+subprocess: tsynd_tf.report and tsynd_tf.experiment both define --sweep_dir, so the two
+cannot be imported into one process.
+"""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from tsynd_tf import evaluation, explain, fileio, runs
+
+REPO = Path(__file__).resolve().parents[1]
+# Every stage runs (autoencoder, classifier, one generation round) in ~15 s per cell.
+TINY_CONFIG = """\
+--dataset=pneumoniamnist
+--train_count=32
+--ae_epochs=1
+--initial_epochs=1
+--rounds=1
+--epochs_per_round=1
+--ascent_steps=2
+--num_samples=2
+"""
+EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 --pgd_steps=1 "
+             "--max_examples=64")
+METHODS = ("baseline", "tsynd_mi")
+FIGURES = ("accuracy_vs_fraction.png", "robustness.png", "mi_histograms.png",
+           "synthetic_tiny.png", "grad_cam_tiny.png")
+
+
+def run_module(module: str, *args: str, data_dir: Path) -> str:
+    env = dict(os.environ, TSYND_DATA_DIR=str(data_dir), TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def run_sweep(config: Path, sweep_dir: Path, data_dir: Path) -> str:
+    return run_module("tsynd_tf.experiment", f"--configs={config}",
+                      f"--methods={','.join(METHODS)}", "--num_seeds=1",
+                      f"--sweep_dir={sweep_dir}", f"--eval_args={EVAL_ARGS}",
+                      data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, medmnist_dir):
+    root = tmp_path_factory.mktemp("sweep")
+    config = root / "tiny.cfg"
+    config.write_text(TINY_CONFIG)
+    sweep_dir = root / "sweep"
+    log = run_sweep(config, sweep_dir, medmnist_dir)
+    return {"config": config, "sweep_dir": sweep_dir, "log": log, "data_dir": medmnist_dir}
+
+
+def results_lines(sweep_dir: Path) -> list[str]:
+    return (sweep_dir / runs.SWEEP_RESULTS_FILE).read_text().splitlines()
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def test_sweep_writes_one_result_line_per_cell(sweep):
+    assert "0 cells finished, 2 to run" in sweep["log"]
+    records = [json.loads(line) for line in results_lines(sweep["sweep_dir"])]
+    assert sorted(r["cell"] for r in records) == ["tiny_baseline_s0", "tiny_tsynd_mi_s0"]
+    for record in records:
+        assert record["dataset"] == "pneumoniamnist" and record["train_count"] == 32
+        assert record["seed"] == 0 and set(record["seconds"]) == {"train", "evaluate"}
+        assert Path(record["run_dir"]) == sweep["sweep_dir"] / "runs" / record["cell"]
+        for key in ("test/acc", "test/auc", "test/ece", "gaussian_0.1/acc", "fgsm_0.01/acc",
+                    "pgd_0.01/acc"):
+            assert 0.0 <= record["metrics"][key] <= 1.0, key
+        assert record["training"]["num_labelled"] == 32
+
+
+def test_restarted_sweep_runs_nothing(sweep):
+    run_dirs = sorted((sweep["sweep_dir"] / "runs").iterdir())
+    mtimes = {p: p.stat().st_mtime_ns for d in run_dirs for p in d.rglob("*")}
+    log = run_sweep(sweep["config"], sweep["sweep_dir"], sweep["data_dir"])
+    assert "2 cells finished, 0 to run" in log
+    assert len(results_lines(sweep["sweep_dir"])) == 2
+    assert {p: p.stat().st_mtime_ns for d in run_dirs for p in d.rglob("*")} == mtimes
+
+
+def test_torn_last_line_is_ignored_and_next_append_starts_a_new_line(tmp_path):
+    path = tmp_path / runs.SWEEP_RESULTS_FILE
+    fileio.append_json_line(path, {"cell": "a", "metrics": {}})
+    fileio.append_json_line(path, {"cell": "b", "metrics": {}})
+    with open(path, "a") as f:
+        f.write('{"cell": "c", "metr')  # a crash mid-write
+    assert [r["cell"] for r in fileio.read_json_lines(path)] == ["a", "b"]
+    fileio.append_json_line(path, {"cell": "d", "metrics": {}})
+    lines = path.read_text().splitlines()
+    assert lines[2] == '{"cell": "c", "metr' and json.loads(lines[3])["cell"] == "d"
+    assert [r["cell"] for r in fileio.read_json_lines(path)] == ["a", "b", "d"]
+    assert fileio.read_json_lines(tmp_path / "missing.jsonl") == []
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory):
+    """The report of the sweep's records plus a torn line, from a copied results file (the
+    run directories are found through the records' run_dir)."""
+    root = tmp_path_factory.mktemp("report")
+    copied = root / "copied_sweep"
+    copied.mkdir()
+    lines = results_lines(sweep["sweep_dir"])
+    (copied / "results.jsonl").write_text("\n".join(lines) + '\n{"cell": "torn", "met')
+    page_path = root / "docs" / "RESULTS.md"
+    log = run_module("tsynd_tf.report", f"--sweep_dir={copied}", f"--output={page_path}",
+                     "--title=Tiny sweep", data_dir=sweep["data_dir"])
+    return {"page": page_path.read_text(), "page_path": page_path, "log": log}
+
+
+def test_report_tables_have_a_row_per_method(report):
+    page = report["page"]
+    assert page.startswith("# Tiny sweep\n")
+    assert "python -m tsynd_tf.report --sweep_dir=" in page
+    assert "Cells finished: **2 of 2**" in page  # the torn line is not a cell
+    assert "no GPU" in page or "GPU(s)" in page
+    assert "### pneumoniamnist, 32 labelled images" in page
+    for method in METHODS:
+        rows = [line for line in page.splitlines() if line.startswith(f"| `{method}` | 1 |")]
+        assert len(rows) == 1, method  # clean-metrics table: one row, n = 1 seed
+        assert len(rows[0].split("|")) == 12  # method, n, 6 metrics, pre-synth., min/cell
+    assert "Gaussian σ=0.1" in page and "FGSM ε=0.01" in page and "PGD ε=0.01" in page
+    assert "Gaussian σ=0 " not in page  # identical to clean accuracy by construction
+    assert "Full-data reference" not in page  # no config with train_fraction 1.0
+
+
+def test_report_p_values_are_na_with_one_seed(report):
+    rows = [line for line in report["page"].splitlines()
+            if line.startswith("| `tsynd_mi` − `baseline` |")]
+    assert len(rows) == 2 + 3  # ACC, AUC and the 3 robust accuracies
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == "1" and cells[4:] == ["n/a", "n/a", "n/a"], row
+    assert "No verdict: paired tests need at least 2 seeds" in report["page"]
+
+
+def test_report_figures_are_valid_pngs_linked_from_the_page(report):
+    page, page_dir = report["page"], report["page_path"].parent
+    for name in FIGURES:
+        path = page_dir / "figures" / name
+        assert f"](figures/{name})" in page, name
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 200 and height > 100, name
+        with Image.open(path) as image:
+            image.verify()
+    assert not [p.name for p in (page_dir / "figures").iterdir() if p.name.startswith(".")]
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+
+def test_grad_cam_of_a_trained_classifier(sweep, pneumonia):
+    classifier = runs.load_run(sweep["sweep_dir"] / "runs" / "tiny_tsynd_mi_s0").classifier
+    images = pneumonia.test.images[:4]
+    with evaluation.seeded_dropout(classifier, 0):
+        maps = explain.grad_cam(classifier, images, num_samples=3)
+    with evaluation.seeded_dropout(classifier, 0):  # [0, 1] floats: the same maps
+        again = explain.grad_cam(classifier, images.astype(np.float32) / 255.0, num_samples=3)
+    assert maps.shape == (4, 28, 28) and maps.dtype == np.float32
+    assert maps.min() >= 0.0 and np.allclose(maps.max(axis=(1, 2)), 1.0)
+    assert (maps.std(axis=(1, 2)) > 0.01).all()  # not constant
+    assert not np.allclose(maps[0], maps[1])
+    np.testing.assert_allclose(again, maps, atol=1e-5)
+    assert isinstance(explain.last_conv_layer(classifier), keras.layers.Conv2D)
+
+
+def test_grad_cam_finds_the_evidence():
+    """conv (identity) -> ReLU -> global average -> logits (+1, -1): class 0's evidence is
+    the bright pixel, class 1 has none (an all-zero map)."""
+    inputs = keras.Input((8, 8, 1))
+    features = keras.layers.Conv2D(1, 1, activation="relu", kernel_initializer="ones",
+                                   bias_initializer="zeros")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[1.0, -1.0]]),
+                                bias_initializer="zeros")(pooled)
+    model = keras.Model(inputs, logits)
+    image = np.zeros((1, 8, 8, 1), np.float32)
+    image[0, 2, 5, 0] = 1.0
+    evidence = explain.grad_cam(model, image, num_samples=2, class_indices=0)
+    assert np.unravel_index(evidence[0].argmax(), (8, 8)) == (2, 5)
+    assert evidence[0, 2, 5] == pytest.approx(1.0) and evidence[0, 7, 0] == 0.0
+    assert (explain.grad_cam(model, image, num_samples=2, class_indices=1) == 0).all()
+    assert explain.grad_cam(model, image, num_samples=2)[0, 2, 5] == pytest.approx(1.0)
