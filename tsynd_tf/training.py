@@ -2,10 +2,12 @@
 (generate a synthetic pool, continue training on real + synthetic).
 
 Every stage is resumable. A `tf.train.CheckpointManager` saves the autoencoder, classifier,
-both optimizers (with their step counts), the dropout RNG states and the epoch counters after
-every epoch; each round's synthetic pool is an .npz written atomically before training uses
-it. A restarted run restores the checkpoint and skips what is finished: an epoch is never
-trained twice and a pool never generated twice.
+both optimizers (with their step counts) and the epoch counters after every epoch; each
+round's synthetic pool is an .npz written atomically before training uses it. A restarted
+run restores the checkpoint and skips what is finished: an epoch is never trained twice and a
+pool never generated twice. Keras does not checkpoint dropout's seed state, so a resumed run
+draws other training masks than an uninterrupted one (same counts, not bitwise equal);
+validation masks are seeded, so model selection is unaffected.
 
 All methods train with the same batch size and number of steps per epoch, so they differ
 only in what the batches hold: `baseline` real images only; the others a fixed share
