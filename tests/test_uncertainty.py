@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tsynd_tf import models, uncertainty
+from tsynd_tf import data, models, uncertainty
 
 
 def numpy_measures(logits, multilabel):
@@ -76,3 +76,27 @@ def test_extreme_logits_stay_finite_with_finite_gradients():
 def test_unknown_objective_is_rejected():
     with pytest.raises(ValueError, match="Unknown objective 'bald'"):
         uncertainty.objective_from_logits(tf.zeros((2, 1, 2)), "bald", False)
+
+
+def test_memory_cap_leaves_small_images_alone_and_splits_224_px():
+    # Our 28 and 64 px configs keep their eval batch: the sweeps' numbers do not depend on it.
+    assert uncertainty.images_per_call(256, (28, 28, 3), 10) == 256
+    assert uncertainty.images_per_call(256, (64, 64, 1), 10) == 256
+    assert uncertainty.images_per_call(256, (224, 224, 1), 10) == 33
+    assert uncertainty.images_per_call(256, (224, 224, 3), 1000) == 1
+
+
+def test_mc_predict_splits_batches_over_the_cap_without_changing_results(pneumonia,
+                                                                         monkeypatch):
+    keras.utils.set_random_seed(0)
+    # No dropout: every pass is the same function, so split and whole calls must agree.
+    classifier = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3),
+                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    dataset = data.make_pipeline(pneumonia.test.images[:100], None, 100)
+    whole = uncertainty.mc_predict(classifier, dataset, 4)
+    monkeypatch.setattr(uncertainty, "MAX_VALUES_PER_CALL", 4 * 28 * 28 * 30)
+    assert uncertainty.images_per_call(100, (28, 28, 1), 4) == 30
+    split = uncertainty.mc_predict(classifier, dataset, 4)
+    for key, value in whole.items():
+        assert split[key].shape == value.shape == (100,) + value.shape[1:]
+        np.testing.assert_allclose(split[key], value, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,7 @@ from scipy import ndimage
 from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
 
 from tsynd_tf.data import DatasetInfo, convert_channels
-from tsynd_tf.uncertainty import mc_logits, uncertainty_from_logits
+from tsynd_tf.uncertainty import images_per_call, mc_logits, uncertainty_from_logits
 
 with contextlib.redirect_stdout(io.StringIO()):  # medmnist prints a torch notice on import
     from medmnist.evaluator import getACC, getAUC
@@ -215,8 +215,11 @@ class MCPredictor:
 
         self._predict_fn, self._attack_fn = predict, attack
 
-    def _batches(self, n):
-        return (slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size))
+    def _batches(self, images):
+        """Slices of `images`, each at most batch_size and within the MC memory cap."""
+        n, call_shape = len(images), (*images.shape[1:-1], self._channels)
+        size = images_per_call(self.batch_size, call_shape, self.num_samples)
+        return (slice(i, min(i + size, n)) for i in range(0, n, size))
 
     def predict(self, images: np.ndarray) -> dict:
         """{'probs' (N, K), 'predictive_entropy', 'expected_entropy', 'mutual_information'}."""
@@ -225,7 +228,7 @@ class MCPredictor:
             self._build(images.shape)
         outputs = {}
         with seeded_dropout(self.classifier, self.seed):
-            for batch in self._batches(len(images)):
+            for batch in self._batches(images):
                 for key, value in self._predict_fn(images[batch]).items():
                     outputs.setdefault(key, []).append(value.numpy())
         return {key: np.concatenate(values) for key, values in outputs.items()}
@@ -247,7 +250,7 @@ class MCPredictor:
         # the attacker does not get to optimise against the exact masks it is scored with.
         adversarial = np.empty_like(images)
         with seeded_dropout(self.classifier, self.seed + 1):
-            for batch in self._batches(len(images)):
+            for batch in self._batches(images):
                 x = images[batch]
                 start = (rng.uniform(-epsilon, epsilon, x.shape).astype(np.float32)
                          if random_start else np.zeros_like(x))

@@ -332,8 +332,10 @@ class Trainer:
         else:
             self.ascent.start_from(anchors)
             # Under a strategy each replica steps its share of every batch of latents.
+            batch_size = uncertainty.images_per_call(config.batch_size, source_images.shape[1:],
+                                                     config.num_samples)
             self.ascent.fit(for_fit(uncertainty.without_autotuning(
-                                tf.data.Dataset.range(self.pool_size).batch(config.batch_size))),
+                                tf.data.Dataset.range(self.pool_size).batch(batch_size))),
                             epochs=config.ascent_steps, verbose=self.verbose, shuffle=False)
             latents = self.ascent.latents.numpy()
         synthetic = self.infer(self.decoder, latents)

@@ -22,6 +22,18 @@ tfd = tfp.distributions
 
 OBJECTIVES = ("mi", "entropy")
 
+# Input values (T x images x H x W x C) one MC call may hold: 2**24 floats = 64 MiB of input;
+# activations scale with it. At 224 px one validation call on 256 images x T=10 took the
+# process to 11.9 GiB. The cap keeps the default eval batch (256, T=10) for 28 px images and
+# grayscale 64 px ones and splits larger images into smaller calls (docs/PERFORMANCE.md).
+MAX_VALUES_PER_CALL = 2 ** 24
+
+
+def images_per_call(batch_size: int, image_shape, num_samples: int) -> int:
+    """`batch_size`, reduced so that T tiled copies stay within MAX_VALUES_PER_CALL."""
+    values_per_image = num_samples * int(np.prod(image_shape))
+    return max(1, min(batch_size, MAX_VALUES_PER_CALL // values_per_image))
+
 
 def mc_logits(classifier, images: tf.Tensor, num_samples: int) -> tf.Tensor:
     """(T, B, K) float32 logits from T stochastic passes run as ONE batched call.
@@ -109,13 +121,18 @@ def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def mc_predict(classifier, dataset: tf.data.Dataset, num_samples: int,
                multilabel: bool = False) -> dict:
-    """Runs `uncertainty_from_logits` over a dataset of images (or (images, targets))."""
+    """Runs `uncertainty_from_logits` over a dataset of images (or (images, targets)).
+
+    Batches larger than `images_per_call` allows are split into several calls.
+    """
     step = _mc_step(classifier, num_samples, multilabel)
     if isinstance(dataset, tf.data.Dataset):
         dataset = without_autotuning(dataset)
     outputs = {}
     for batch in dataset:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        for key, value in step(images).items():
-            outputs.setdefault(key, []).append(value.numpy())
+        chunk = images_per_call(len(images), images.shape[1:], num_samples)
+        for start in range(0, len(images), chunk):
+            for key, value in step(images[start:start + chunk]).items():
+                outputs.setdefault(key, []).append(value.numpy())
     return {key: np.concatenate(values, axis=0) for key, values in outputs.items()}
