@@ -79,10 +79,12 @@ def test_unknown_objective_is_rejected():
 
 
 def test_memory_cap_leaves_small_images_alone_and_splits_224_px():
-    # Our 28 and 64 px configs keep their eval batch: the sweeps' numbers do not depend on it.
-    assert uncertainty.images_per_call(256, (28, 28, 3), 10) == 256
-    assert uncertainty.images_per_call(256, (64, 64, 1), 10) == 256
-    assert uncertainty.images_per_call(256, (224, 224, 1), 10) == 33
+    # Grayscale 28 px keeps the default eval batch: the MedMNIST sweeps do not depend on it.
+    assert uncertainty.images_per_call(256, (28, 28, 1), 10) == 256
+    assert uncertainty.images_per_call(256, (28, 28, 3), 10) == 178
+    assert uncertainty.images_per_call(256, (64, 64, 1), 10) == 102
+    assert uncertainty.images_per_call(256, (224, 224, 1), 1) == 83
+    assert uncertainty.images_per_call(256, (224, 224, 1), 10) == 8
     assert uncertainty.images_per_call(256, (224, 224, 3), 1000) == 1
 
 

@@ -161,9 +161,13 @@ class Trainer:
         self.real = self.dataset.train.subset(self.labelled)
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.real) /
                                                                    config.batch_size)
-        self.val_ds = eval_batches(self.dataset.val, config.eval_batch_size)
+        # Inference batches shrink for large images (uncertainty.MAX_VALUES_PER_CALL); MC
+        # calls split them further by T.
+        self.eval_batch_size = uncertainty.images_per_call(
+            config.eval_batch_size, self.real.images.shape[1:], num_samples=1)
+        self.val_ds = eval_batches(self.dataset.val, self.eval_batch_size)
         self.real_images = uncertainty.without_autotuning(  # precise BN iterates it
-            data.make_pipeline(self.real.images, None, config.eval_batch_size))
+            data.make_pipeline(self.real.images, None, self.eval_batch_size))
 
         if self.strategy.num_replicas_in_sync > 1 or not self.is_chief:
             log.info("Distributed: %s.", distribute.describe(self.strategy))
@@ -236,7 +240,7 @@ class Trainer:
                 lambda x: model(x, training=False), reduce_retracing=True)
         step = self._inference[model.name]
         batches = uncertainty.without_autotuning(
-            tf.data.Dataset.from_tensor_slices(images).batch(self.config.eval_batch_size))
+            tf.data.Dataset.from_tensor_slices(images).batch(self.eval_batch_size))
         return np.concatenate([step(batch).numpy() for batch in batches], axis=0)
 
     # ------------------------------------------------------------------ per-epoch work
@@ -289,7 +293,7 @@ class Trainer:
                                            seed=config.seed, repeat=True).map(to_pair))
         # Iterated afresh every epoch, where autotuning stalls (uncertainty.without_autotuning).
         val = for_fit(uncertainty.without_autotuning(data.make_pipeline(
-            self.dataset.val.images, None, config.eval_batch_size).map(to_pair)))
+            self.dataset.val.images, None, self.eval_batch_size).map(to_pair)))
         log.info("Autoencoder on %d images, epochs %d..%d.", len(images),
                  int(self.ae_epoch), config.ae_epochs)
         self.autoencoder.fit(train, validation_data=val, epochs=config.ae_epochs,
@@ -354,7 +358,7 @@ class Trainer:
         measures = {}
         for name, images in (("real", sources), ("reconstruction", reconstructions),
                              ("synthetic", synthetic)):
-            batches = data.make_pipeline(to_uint8(images), targets, config.eval_batch_size)
+            batches = data.make_pipeline(to_uint8(images), targets, self.eval_batch_size)
             measures[name] = uncertainty.mc_predict(self.classifier, batches,
                                                     config.num_samples, info.multilabel)
         distance = (np.linalg.norm((latents - anchors).reshape(len(anchors), -1), axis=1) /
@@ -401,7 +405,7 @@ class Trainer:
         info, val = self.dataset.info, self.dataset.val
         threshold, rule = serving.choose_mi_threshold(
             self.classifier, val.images, info, self.config.num_samples,
-            val_targets=val.targets, batch_size=self.config.eval_batch_size)
+            val_targets=val.targets, batch_size=self.eval_batch_size)
         return serving.export_classifier(
             self.classifier, info, self.config.num_samples, threshold, export_dir, name=name,
             threshold_rule=rule, extra_metadata={"run_dir": str(self.run_dir.resolve())})
@@ -412,7 +416,7 @@ class Trainer:
         with atomic_path(self.run_dir / "classifier.keras", ".keras") as tmp:
             self.classifier.save(tmp)
         test = self.evaluate(self.dataset.test, eval_batches(self.dataset.test,
-                                                             self.config.eval_batch_size))
+                                                             self.eval_batch_size))
         val = self.evaluate(self.dataset.val, self.val_ds)
         results = {f"test/{k}": v for k, v in test.items()}
         results.update({f"val/{k}": v for k, v in val.items()})

@@ -22,15 +22,18 @@ tfd = tfp.distributions
 
 OBJECTIVES = ("mi", "entropy")
 
-# Input values (T x images x H x W x C) one MC call may hold: 2**24 floats = 64 MiB of input;
-# activations scale with it. At 224 px one validation call on 256 images x T=10 took the
-# process to 11.9 GiB. The cap keeps the default eval batch (256, T=10) for 28 px images and
-# grayscale 64 px ones and splits larger images into smaller calls (docs/PERFORMANCE.md).
-MAX_VALUES_PER_CALL = 2 ** 24
+# Input values (passes x images x H x W x C) that one inference call may hold: 2**22 floats
+# = 16 MiB of input; activations scale with it (the autoencoder's full-resolution layers
+# have 16 channels). At 224 px, calls on the default eval batch of 256 images took the
+# process to 7.2 GiB (autoencoder validation) and 11.9 GiB (MC validation, T=10). The cap
+# keeps the default eval batch (256; T=10) for grayscale 28 px images and splits larger images into smaller
+# calls (docs/PERFORMANCE.md, "Memory").
+MAX_VALUES_PER_CALL = 2 ** 22
 
 
 def images_per_call(batch_size: int, image_shape, num_samples: int) -> int:
-    """`batch_size`, reduced so that T tiled copies stay within MAX_VALUES_PER_CALL."""
+    """`batch_size`, reduced so that `num_samples` tiled copies (T for MC dropout, 1 for a
+    plain call) stay within MAX_VALUES_PER_CALL."""
     values_per_image = num_samples * int(np.prod(image_shape))
     return max(1, min(batch_size, MAX_VALUES_PER_CALL // values_per_image))
 
