@@ -122,7 +122,8 @@ def report(sweep, tmp_path_factory):
     page_path = root / "docs" / "RESULTS.md"
     log = run_module("tsynd_tf.report", f"--sweep_dir={copied}", f"--output={page_path}",
                      "--title=Tiny sweep", data_dir=sweep["data_dir"])
-    return {"page": page_path.read_text(), "page_path": page_path, "log": log}
+    return {"page": page_path.read_text(), "page_path": page_path, "log": log,
+            "records": [json.loads(line) for line in lines]}
 
 
 def test_report_tables_have_a_row_per_method(report):
@@ -135,7 +136,10 @@ def test_report_tables_have_a_row_per_method(report):
     for method in METHODS:
         rows = [line for line in page.splitlines() if line.startswith(f"| `{method}` | 1 |")]
         assert len(rows) == 1, method  # clean-metrics table: one row, n = 1 seed
-        assert len(rows[0].split("|")) == 12  # method, n, 6 metrics, pre-synth., min/cell
+        cells = [c.strip() for c in rows[0].strip("|").split("|")]
+        assert len(cells) == 11  # method, n, 6 metrics, val AUC, pre-synth., min/cell
+        record = next(r for r in report["records"] if r["method"] == method)
+        assert cells[8] == f"{record['training']['val/auc']:.3f}"  # selection criterion
     assert "Gaussian σ=0.1" in page and "FGSM ε=0.01" in page and "PGD ε=0.01" in page
     assert "Gaussian σ=0 " not in page  # identical to clean accuracy by construction
     assert "Full-data reference" not in page  # no config with train_fraction 1.0

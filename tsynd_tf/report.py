@@ -125,7 +125,8 @@ class Config:
         """seed -> metric of `method` (undefined metrics left out)."""
         out = {}
         for r in self.by_method(method):
-            value = r["metrics"].get(key)
+            # Evaluation metrics first; validation ones come from the training results.
+            value = r["metrics"].get(key, r.get("training", {}).get(key))
             if value is not None and math.isfinite(value):
                 out[r["seed"]] = float(value)
         return out
@@ -381,15 +382,18 @@ def config_section(config: Config, robust: list[tuple[str, float, str]]) -> list
     lines = [f"### {config.label}", "",
              f"Config `{config.name}`, seeds {', '.join(map(str, config.seeds))}.", "",
              f"**Verdict:** {verdict(config)}", "",
-             "Test metrics, mean ± std over seeds (n seeds). *pre-synth.*: seeds whose "
+             "Test metrics, mean ± std over seeds (n seeds); *val AUC*: the validation AUC "
+             "of the selected classifier (the model-selection and tuning criterion). "
+             "*pre-synth.*: seeds whose "
              "selected (best validation AUC) classifier predates the first synthetic pool, so "
              "it never trained on synthetic images.", ""]
-    header = ["method", "n", *CLEAN_METRICS.values(), "pre-synth.", "min/cell"]
+    header = ["method", "n", *CLEAN_METRICS.values(), "val AUC", "pre-synth.", "min/cell"]
     rows = []
     for method in config.methods:
         cells = config.by_method(method)
         rows.append([f"`{method}`", len(cells),
-                     *(format_mean_std(config.values(method, k).values()) for k in CLEAN_METRICS),
+                     *(format_mean_std(config.values(method, k).values())
+                       for k in (*CLEAN_METRICS, "val/auc")),
                      pre_synthetic_counts(config, method),
                      f"{np.median([cell_seconds(r) for r in cells]) / 60:.1f}"])
     lines += [markdown_table(header, rows), ""]
