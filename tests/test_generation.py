@@ -104,3 +104,24 @@ def test_projection_is_identity_inside_and_shrinks_outside():
     projected = generation.project_to_ball(outside, anchors, radii)
     np.testing.assert_allclose(relative_distance(projected.numpy(), anchors.numpy()), 0.1,
                                rtol=1e-5)
+
+
+def test_residual_synthesis_is_the_real_image_plus_the_decoder_change(trained, ascended,
+                                                                       pneumonia):
+    decoder, _, anchors = trained
+    sources = pneumonia.train.images[:POOL].astype("float32") / 255
+    reconstructions = decoder.predict(anchors, verbose=0)
+    decodes = decoder.predict(ascended["mi"], verbose=0)
+    residual = generation.synthesize(sources, reconstructions, decodes, "residual")
+    assert residual.min() >= 0.0 and residual.max() <= 1.0
+    inside = (sources + decodes - reconstructions > 0) & (sources + decodes - reconstructions < 1)
+    assert inside.mean() > 0.9  # clipping is the exception
+    np.testing.assert_allclose((residual - sources)[inside], (decodes - reconstructions)[inside],
+                               atol=1e-6)
+    assert np.abs(residual - sources).max() > 0.05  # the ascent did change the image
+    # An unmoved latent gives back the real image exactly; 'decode' is dec(z*) itself.
+    np.testing.assert_array_equal(
+        generation.synthesize(sources, reconstructions, reconstructions, "residual"), sources)
+    assert generation.synthesize(sources, reconstructions, decodes, "decode") is decodes
+    with pytest.raises(ValueError, match="Unknown synthesis"):
+        generation.synthesize(sources, reconstructions, decodes, "blend")

@@ -18,6 +18,7 @@ from tsynd_tf import uncertainty
 
 METHODS = ("baseline", "latent_noise", "tsynd_mi", "tsynd_entropy")
 METHOD_OBJECTIVES = {"tsynd_mi": "mi", "tsynd_entropy": "entropy"}
+SYNTHESES = ("decode", "residual")
 _NORM_EPS = 1e-12
 
 
@@ -47,6 +48,21 @@ def latent_noise(anchors: tf.Tensor, epsilon: float, seed: int) -> tf.Tensor:
     direction = tf.random.stateless_normal(tf.shape(anchors), seed=[seed, 0])
     direction /= _per_example(_flat_norm(direction) + _NORM_EPS)
     return anchors + direction * _per_example(ball_radii(anchors, epsilon))
+
+
+def synthesize(sources: np.ndarray, reconstructions: np.ndarray, decodes: np.ndarray,
+               synthesis: str) -> np.ndarray:
+    """The synthetic images, in [0, 1], from x, dec(z0) and dec(z*).
+
+    'decode': dec(z*), the paper's image. 'residual': x + dec(z*) - dec(z0), the real image
+    plus the change the latent move makes in decoder space; it keeps the detail that a
+    small autoencoder trained on few images blurs away (docs/RESULTS.md, Tuning).
+    """
+    if synthesis == "decode":
+        return decodes
+    if synthesis == "residual":
+        return np.clip(sources + (decodes - reconstructions), 0.0, 1.0)
+    raise ValueError(f"Unknown synthesis {synthesis!r}; expected one of {SYNTHESES}.")
 
 
 class LatentAscent(keras.Model):

@@ -42,6 +42,9 @@ flags.DEFINE_float("synthetic_ratio", 0.5, "Share of each training batch that is
 flags.DEFINE_float("epsilon", 0.3, "Latent ball radius, relative to ||z0||_2.")
 flags.DEFINE_float("step_size", 0.25, "Ascent step length, relative to the ball radius.")
 flags.DEFINE_integer("ascent_steps", 10, "Gradient ascent steps per synthetic image.")
+flags.DEFINE_enum("synthesis", "decode", generation.SYNTHESES, "Synthetic image from the "
+                  "moved latent z*: 'decode' = dec(z*) (the paper); 'residual' = x + dec(z*) - "
+                  "dec(z0), the real image plus the change the latent move makes.")
 # Models.
 flags.DEFINE_enum("classifier", "small_cnn", models.CLASSIFIERS, "Classifier architecture.")
 flags.DEFINE_float("dropout_rate", 0.3, "MC dropout rate (head; half of it after each stage).")

@@ -342,9 +342,11 @@ class Trainer:
                                 tf.data.Dataset.range(self.pool_size).batch(batch_size))),
                             epochs=config.ascent_steps, verbose=self.verbose, shuffle=False)
             latents = self.ascent.latents.numpy()
-        synthetic = self.infer(self.decoder, latents)
-        pool = data.Split(to_uint8(synthetic), self.real.targets[sources])
         reconstructions = self.infer(self.decoder, anchors)
+        synthetic = generation.synthesize(source_images, reconstructions,
+                                          self.infer(self.decoder, latents),
+                                          config.synthesis)
+        pool = data.Split(to_uint8(synthetic), self.real.targets[sources])
         self.log_pool(round_index, source_images, reconstructions, synthetic, anchors, latents,
                       pool.targets, time.time() - start)
         with atomic_path(path, ".npz") as tmp:
