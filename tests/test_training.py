@@ -122,3 +122,18 @@ def test_same_seed_repeats_the_run_exactly_on_cpu(uninterrupted, tmp_path, medmn
     for key in ("seconds_this_session",):
         again.pop(key), expected.pop(key)
     assert again == expected
+
+
+def test_a_run_recorded_before_a_flag_existed_resumes_while_the_flag_keeps_its_default(
+        tmp_path, pneumonia):
+    from tsynd_tf import runs
+
+    defaults = {"seed": 0, "synthesis": "decode"}
+    for name in ("kept", "changed"):
+        (tmp_path / name).mkdir()
+        runs.write_config(tmp_path / name, {"seed": 0}, pneumonia.info)  # no 'synthesis' yet
+    runs.write_config(tmp_path / "kept", {"seed": 0, "synthesis": "decode"}, pneumonia.info,
+                      defaults)
+    with pytest.raises(runs.RunDirError, match="synthesis"):
+        runs.write_config(tmp_path / "changed", {"seed": 0, "synthesis": "residual"},
+                          pneumonia.info, defaults)

@@ -26,13 +26,20 @@ class RunDirError(ValueError):
     """A run directory that lacks a file or holds a malformed one."""
 
 
-def write_config(run_dir: Path, flags: dict, info: data.DatasetInfo) -> None:
-    """Records the run's settings; resuming a run with other settings is an error."""
+def write_config(run_dir: Path, flags: dict, info: data.DatasetInfo,
+                 defaults: dict | None = None) -> None:
+    """Records the run's settings; resuming a run with other settings is an error.
+
+    A flag the recorded run does not have (it was added later) counts as unchanged when it
+    has its default value in `defaults`: defaults of new flags keep the old behaviour.
+    """
     path = Path(run_dir) / CONFIG_FILE
     if path.exists():
         previous = json.loads(path.read_text())["flags"]
+        missing = object()
+        recorded = {k: previous.get(k, (defaults or {}).get(k, missing)) for k in flags}
         changed = {k: (previous.get(k), v) for k, v in flags.items()
-                   if k not in RESUMABLE_FLAGS and previous.get(k) != v}
+                   if k not in RESUMABLE_FLAGS and recorded[k] != v}
         if changed:
             raise RunDirError(f"{run_dir} holds a run with other settings {changed} "
                               "(old, new): pass a new --output_dir, or the same flags to resume.")

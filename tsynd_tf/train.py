@@ -126,7 +126,8 @@ def main(argv):
     from tsynd_tf.runs import RunDirError
 
     try:
-        trainer = training.Trainer(FLAGS, flag_values)
+        trainer = training.Trainer(FLAGS, flag_values,
+                                   {name: FLAGS[name].default for name in names})
     except (DataError, RunDirError) as e:  # bad input: the message says what to fix
         sys.exit(f"train: {e}")
     results = trainer.run()

@@ -134,7 +134,9 @@ class EpochEnd(keras.callbacks.Callback):
 class Trainer:
     """Holds one run's data, models, checkpoint and summary writer."""
 
-    def __init__(self, config, flags: dict):
+    def __init__(self, config, flags: dict, flag_defaults: dict | None = None):
+        """`flags`: the run's settings (config.json); `flag_defaults`: their defaults, so a
+        run recorded before a flag existed resumes when the flag keeps its default."""
         self.config = config
         # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime.
         self.strategy = distribute.make_strategy(getattr(config, "strategy", "default"))
@@ -152,7 +154,7 @@ class Trainer:
         self.dataset = data.load_dataset(config.dataset, config.size, config.data_dir,
                                          config.channels, config.val_fraction, config.seed)
         info = self.dataset.info
-        runs.write_config(self.run_dir, flags, info)
+        runs.write_config(self.run_dir, flags, info, flag_defaults)
         self.labelled = labelled_indices(self.dataset, config)
         write_json(self.run_dir / "subset.json", {
             "dataset": info.name, "size": info.size, "seed": config.seed,
