@@ -140,6 +140,8 @@ def test_report_tables_have_a_row_per_method(report):
         assert len(cells) == 11  # method, n, 6 metrics, val AUC, pre-synth., min/cell
         record = next(r for r in report["records"] if r["method"] == method)
         assert cells[8] == f"{record['training']['val/auc']:.3f}"  # selection criterion
+    overview = [line for line in page.splitlines() if line.startswith("| `tiny` | 32 |")]
+    assert [row.split("|")[3].strip() for row in overview] == [f"`{m}`" for m in METHODS]
     assert "Gaussian σ=0.1" in page and "FGSM ε=0.01" in page and "PGD ε=0.01" in page
     assert "Gaussian σ=0 " not in page  # identical to clean accuracy by construction
     assert "Full-data reference" not in page  # no config with train_fraction 1.0

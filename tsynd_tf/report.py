@@ -427,6 +427,20 @@ def config_section(config: Config, robust: list[tuple[str, float, str]]) -> list
     return lines
 
 
+def overview_section(configs: list[Config]) -> list[str]:
+    """One row per config and method: the numbers a reader compares first."""
+    rows = [[f"`{c.name}`", c.num_labelled, f"`{m}`", len(c.by_method(m)),
+             *(format_mean_std(c.values(m, k).values()) for k in ("val/auc", *VERDICT_METRICS)),
+             pre_synthetic_counts(c, m)] for c in configs for m in c.methods]
+    return ["## Overview", "",
+            "Mean ± std over seeds. *val AUC*: validation AUC of the selected classifier (the "
+            "selection and tuning criterion); *pre-synth.*: seeds whose selected classifier "
+            "predates the first synthetic pool.", "",
+            markdown_table(["config", "labelled", "method", "n", "val AUC",
+                            *(f"test {n}" for n in VERDICT_METRICS.values()), "pre-synth."],
+                           rows), ""]
+
+
 def reference_section(configs: list[Config]) -> list[str]:
     full = [c for c in configs if c.train_fraction == 1.0 and not c.train_count]
     if not full:
@@ -731,10 +745,15 @@ def figures_section(configs: list[Config], robust, figures_dir: Path, page_dir: 
         return f"![{caption}]({os.path.relpath(path, page_dir)})"
 
     lines = ["## Figures", "", "Error bars: ± std over seeds.", ""]
-    plot_fraction_curves(configs, figures_dir / "accuracy_vs_fraction.png")
-    lines += ["**Test ACC and AUC vs labelled fraction** (methods slightly offset "
-              "horizontally).", "", link(figures_dir / "accuracy_vs_fraction.png",
-                                         "accuracy vs fraction"), ""]
+    points = [(c.dataset, c.labelled_fraction) for c in configs]
+    if len(set(points)) == len(points):
+        plot_fraction_curves(configs, figures_dir / "accuracy_vs_fraction.png")
+        lines += ["**Test ACC and AUC vs labelled fraction** (methods slightly offset "
+                  "horizontally).", "", link(figures_dir / "accuracy_vs_fraction.png",
+                                             "accuracy vs fraction"), ""]
+    else:  # e.g. a tuning sweep: several settings of one dataset and fraction
+        lines += ["*No ACC-vs-fraction figure: several configs share a dataset and "
+                  "labelled fraction (see Overview).*", ""]
     if robust:
         plot_robustness(configs, robust, figures_dir / "robustness.png")
         lines += ["**Accuracy under Gaussian noise, FGSM and PGD** (strength 0: clean).", "",
@@ -800,7 +819,8 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
     configs = group_configs(records, sweep_dir)
     robust = robust_keys(records)
     lines = [f"# {title}", "", *header_section(records, configs, sweep_dir), "",
-             *settings_section(configs), "## Results per config", ""]
+             *overview_section(configs), *settings_section(configs),
+             "## Results per config", ""]
     for config in configs:
         lines += config_section(config, robust)
     lines += reference_section(configs)
