@@ -23,7 +23,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tsynd_tf.train $(ARGS)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tsynd_tf.train --flagfile=flags/pneumoniamnist_10pct.cfg $(ARGS)
 
 test: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q tests

@@ -30,6 +30,7 @@ TINY_CONFIG = """\
 --epochs_per_round=1
 --ascent_steps=2
 --num_samples=2
+--synthesis=residual
 """
 EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 --pgd_steps=1 "
              "--max_examples=64")

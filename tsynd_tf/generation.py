@@ -56,7 +56,7 @@ def synthesize(sources: np.ndarray, reconstructions: np.ndarray, decodes: np.nda
 
     'decode': dec(z*), the paper's image. 'residual': x + dec(z*) - dec(z0), the real image
     plus the change the latent move makes in decoder space; it keeps the detail that a
-    small autoencoder trained on few images blurs away (docs/RESULTS.md, Tuning).
+    small autoencoder trained on few images blurs away (docs/TUNING.md).
     """
     if synthesis == "decode":
         return decodes
