@@ -761,7 +761,7 @@ def figures_section(configs: list[Config], robust, figures_dir: Path, page_dir: 
     if not model_figures:
         return lines
     examples, dataset_cache, labels = {}, {}, {c.name: c.label for c in configs}
-    for config in configs:
+    for config in (c for c in configs if "tsynd_mi" in c.methods):  # not baseline-only ones
         try:
             examples[config.name] = ExampleRuns(config, dataset_cache)
         except (OSError, ValueError) as e:  # missing run files, data not found (DataError)
