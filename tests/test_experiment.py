@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tsynd_tf import evaluation, explain, fileio, runs
 
@@ -124,6 +125,7 @@ def report(sweep, tmp_path_factory):
     log = run_module("tsynd_tf.report", f"--sweep_dir={copied}", f"--output={page_path}",
                      "--title=Tiny sweep", data_dir=sweep["data_dir"])
     return {"page": page_path.read_text(), "page_path": page_path, "log": log,
+            "sweep_dir": copied,
             "records": [json.loads(line) for line in lines]}
 
 
@@ -170,6 +172,12 @@ def test_report_figures_are_valid_pngs_linked_from_the_page(report):
         with Image.open(path) as image:
             image.verify()
     assert not [p.name for p in (page_dir / "figures").iterdir() if p.name.startswith(".")]
+    # The same figures as TensorBoard images, beside the sweep's runs.
+    events = EventAccumulator(str(report["sweep_dir"] / "tensorboard" / "report"))
+    events.Reload()
+    tags = sorted(events.Tags()["tensors"])  # TF2 summaries are tensors (plugin "images")
+    assert tags == sorted(f"report/{Path(n).stem}" for n in FIGURES)
+    assert {events.SummaryMetadata(t).plugin_data.plugin_name for t in tags} == {"images"}
 
 
 # ----------------------------------------------------------------------------- Grad-CAM

@@ -805,6 +805,23 @@ def figures_section(configs: list[Config], robust, figures_dir: Path, page_dir: 
     return lines
 
 
+def log_figures_to_tensorboard(figures: list[Path], logdir: Path) -> None:
+    """The page's figures as TensorBoard images (tag report/<file stem>), replacing the
+    previous report's event file, so `tensorboard --logdir SWEEP_DIR` shows them next to
+    the runs' own summaries."""
+    import shutil
+
+    import tensorflow as tf
+
+    shutil.rmtree(logdir, ignore_errors=True)
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        for path in figures:
+            image = tf.io.decode_png(path.read_bytes(), channels=4)
+            tf.summary.image(f"report/{path.stem}", image[tf.newaxis], step=0)
+    writer.close()
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -839,7 +856,10 @@ def main(argv):
                       FLAGS.num_images)
     with atomic_path(output, ".md") as tmp:
         tmp.write_text(page)
-    logging.info("Wrote %s and figures in %s.", output, figures_dir)
+    linked = [output.parent / path for path in re.findall(r"!\[[^]]*\]\(([^)]+)\)", page)]
+    log_figures_to_tensorboard(linked, sweep_dir / "tensorboard" / "report")
+    logging.info("Wrote %s and figures in %s; TensorBoard: %s.", output, figures_dir,
+                 sweep_dir / "tensorboard")
 
 
 if __name__ == "__main__":
