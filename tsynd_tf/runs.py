@@ -35,11 +35,9 @@ def write_config(run_dir: Path, flags: dict, info: data.DatasetInfo,
     """
     path = Path(run_dir) / CONFIG_FILE
     if path.exists():
-        previous = json.loads(path.read_text())["flags"]
-        missing = object()
-        recorded = {k: previous.get(k, (defaults or {}).get(k, missing)) for k in flags}
-        changed = {k: (previous.get(k), v) for k, v in flags.items()
-                   if k not in RESUMABLE_FLAGS and recorded[k] != v}
+        recorded = {**(defaults or {}), **json.loads(path.read_text())["flags"]}
+        changed = {k: (recorded.get(k), v) for k, v in flags.items()
+                   if k not in RESUMABLE_FLAGS and recorded.get(k) != v}
         if changed:
             raise RunDirError(f"{run_dir} holds a run with other settings {changed} "
                               "(old, new): pass a new --output_dir, or the same flags to resume.")
