@@ -28,6 +28,7 @@ from tsynd_tf.data import (
     medmnist_path,
     subsample_indices,
 )
+from tsynd_tf.data.image_folder import read_images
 from tsynd_tf.data.medmnist_data import INFO
 from tsynd_tf.data.subsets import subset_size
 
@@ -445,7 +446,9 @@ def test_unreadable_image_is_named(small_xray_dir, tmp_path):
     shutil.copytree(small_xray_dir, root)
     (root / "train" / "NORMAL" / "broken.jpg").write_bytes(b"this is not a JPEG" * 10)
     with pytest.raises(DataError, match=r"1 unreadable image file\(s\) in .*train: "
-                                        r".*NORMAL/broken\.jpg\. Remove or replace them"):
+                                        r".*NORMAL/broken\.jpg \(not a readable PNG/JPEG "
+                                        r"image \(UnidentifiedImageError: .*\)\)\. Remove or "
+                                        r"replace them"):
         load_image_folder(root)
 
 
@@ -457,6 +460,58 @@ def test_truncated_real_jpeg_is_unreadable(small_xray_dir, tmp_path):
     with pytest.raises(DataError, match=re.escape(f"unreadable image file(s) in "
                                                   f"{root / 'test'}: {victim}")):
         load_image_folder(root)
+
+
+def test_exif_orientation_is_applied(chest_xray_dir, tmp_path):
+    """A real X-ray stored rotated with an EXIF 'rotate 90 CW' tag reads as the upright one."""
+    from PIL import Image
+
+    src = sorted((chest_xray_dir / "test" / "NORMAL").iterdir())[0]
+    with Image.open(src) as image:
+        upright = image.convert("L").crop((0, 0, 224, 160))  # not square: rotation shows
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera would write
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    stored.save(tmp_path / "tagged.png", exif=exif)
+    upright.save(tmp_path / "upright.png")
+    stored.save(tmp_path / "untagged.png")
+    images, bad = read_images([tmp_path / n for n in ("tagged.png", "upright.png",
+                                                       "untagged.png")], 28, 1)
+    assert bad == {}
+    np.testing.assert_array_equal(images[0], images[1])
+    assert not np.array_equal(images[2], images[1])
+
+
+def test_sixteen_bit_png_is_rescaled_not_clipped(chest_xray_dir, tmp_path):
+    from PIL import Image
+
+    src = sorted((chest_xray_dir / "test" / "PNEUMONIA").iterdir())[0]
+    with Image.open(src) as image:
+        gray = np.asarray(image.convert("L"))
+    Image.fromarray(gray).save(tmp_path / "eight.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # full range
+    with Image.open(tmp_path / "sixteen.png") as image:
+        assert image.mode == "I;16"
+    for channels in (1, 3):
+        images, bad = read_images([tmp_path / "eight.png", tmp_path / "sixteen.png"], 64,
+                                  channels)
+        assert bad == {}
+        np.testing.assert_array_equal(images[1], images[0])
+        assert images[1].max() < 255  # clipping would have turned the X-ray white
+
+
+def test_decompression_bomb_is_unreadable_with_the_fix(small_xray_dir, monkeypatch):
+    from PIL import Image
+
+    paths = sorted((small_xray_dir / "test" / "NORMAL").iterdir())[:2]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 224 * 224 // 4)  # 224 px is over 2x this
+    images, bad = read_images(paths + [paths[0].with_name("missing.jpeg")], 28, 1)
+    assert len(images) == 0
+    assert list(bad) == paths + [paths[0].with_name("missing.jpeg")]
+    for path in paths:
+        assert "decompression-bomb limit" in bad[path]
+        assert "raise PIL.Image.MAX_IMAGE_PIXELS" in bad[path]
+    assert bad[paths[0].with_name("missing.jpeg")] == "no such file"
 
 
 def test_mismatched_class_folders(small_xray_dir, tmp_path):

@@ -207,13 +207,10 @@ def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None, wri
     with tqdm(total=total, unit="img", disable=None, file=err) as bar:
         for paths in chunks(iter_paths(arguments), batch_size):
             images, bad = read_images(paths, size, channels)
-            bad_set = set(bad)
-            for path in bad:
-                reason = "no such file" if not path.exists() else \
-                    "not a readable PNG/JPEG image"
+            for path, reason in bad.items():
                 print(f"skipped {path}: {reason}", file=err)
                 failed.append(str(path))
-            good = [p for p in paths if p not in bad_set]
+            good = [p for p in paths if p not in bad]
             if good:
                 out = {k: v.numpy() for k, v in serve(images=tf.constant(images)).items()}
                 for i, path in enumerate(good):

@@ -4,6 +4,9 @@ Layout: `root/train/<class>/*.{png,jpg,jpeg}`, `root/test/<class>/...` and optio
 `root/val/<class>/...`. Without a val folder, a seeded stratified validation split is carved
 from train. Images of any size, grayscale or RGB, are converted to `channels` and resized to
 `size` x `size` (bilinear, aspect ratio not kept: the same as MedMNIST's square images).
+EXIF orientation is applied first. 16-bit grayscale PNGs are scaled to 8 bits over their full
+range (value / 257), so a 12-bit X-ray stored in 16 bits comes out dark: rescale such files
+to their own range before training.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import concurrent.futures
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from tsynd_tf.data.core import BINARY, MULTI_CLASS, DataError, Dataset, DatasetInfo, Split
@@ -35,27 +38,47 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     return classes
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how PIL opens 16-bit grayscale PNGs
+
+
 def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
     with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)  # phone/camera exports store rotation in EXIF
+        if image.mode in SIXTEEN_BIT_MODES:
+            # PIL's convert("L") clips 16-bit values at 255 (a white image); rescale instead.
+            wide = np.asarray(image, dtype=np.float64) / 257.0
+            image = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))
         image = image.convert("L" if channels == 1 else "RGB")
         image = image.resize((size, size), Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
     return array[..., None] if channels == 1 else array
 
 
-def read_images(paths: list[Path], size: int, channels: int) -> tuple[np.ndarray, list[Path]]:
-    """Decodes and resizes images; returns (images of the readable ones, unreadable paths)."""
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    if not path.exists():
+        return "no such file"
+    if isinstance(error, Image.DecompressionBombError):
+        return (f"over PIL's decompression-bomb limit ({error}); downscale the file, or raise "
+                "PIL.Image.MAX_IMAGE_PIXELS if you trust it")
+    return f"not a readable PNG/JPEG image ({type(error).__name__}: {error})"
+
+
+def read_images(paths: list[Path], size: int, channels: int
+                ) -> tuple[np.ndarray, dict[Path, str]]:
+    """Decodes and resizes images; returns (images of the readable ones, {unreadable path:
+    why})."""
     def read(path):
         try:
             return _read_image(path, size, channels)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+                Image.DecompressionBombError) as error:
+            return _unreadable_reason(path, error)
 
     with concurrent.futures.ThreadPoolExecutor() as pool:  # PIL decodes outside the GIL
-        arrays = list(pool.map(read, paths))
-    bad = [p for p, a in zip(paths, arrays) if a is None]
-    images = np.stack([a for a in arrays if a is not None]) if len(bad) < len(paths) else \
-        np.zeros((0, size, size, channels), np.uint8)
+        results = list(pool.map(read, paths))
+    bad = {p: r for p, r in zip(paths, results) if isinstance(r, str)}
+    arrays = [r for r in results if not isinstance(r, str)]
+    images = np.stack(arrays) if arrays else np.zeros((0, size, size, channels), np.uint8)
     return images, bad
 
 
@@ -68,7 +91,8 @@ def _load_split(split_dir: Path, class_names: list[str], size: int, channels: in
     labels = np.array([i for i, name in enumerate(class_names) for _ in classes[name]])
     images, bad = read_images(paths, size, channels)
     if bad:
-        shown = ", ".join(str(p) for p in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        shown = "; ".join(f"{p} ({why})" for p, why in list(bad.items())[:10]) + \
+            (" ..." if len(bad) > 10 else "")
         raise DataError(f"{len(bad)} unreadable image file(s) in {split_dir}: {shown}. "
                         "Remove or replace them.")
     return Split(images, np.eye(len(class_names), dtype=np.float32)[labels])
