@@ -7,6 +7,7 @@ cannot be imported into one process.
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -84,6 +85,8 @@ def test_sweep_writes_one_result_line_per_cell(sweep):
                     "pgd_0.01/acc"):
             assert 0.0 <= record["metrics"][key] <= 1.0, key
         assert record["training"]["num_labelled"] == 32
+        assert record["started"] <= record["finished"]  # UTC ISO strings sort by time
+        assert record["sweep_command"].startswith("python -m tsynd_tf.experiment --configs=")
 
 
 def test_restarted_sweep_runs_nothing(sweep):
@@ -148,6 +151,21 @@ def test_report_tables_have_a_row_per_method(report):
     assert "Gaussian σ=0.1" in page and "FGSM ε=0.01" in page and "PGD ε=0.01" in page
     assert "Gaussian σ=0 " not in page  # identical to clean accuracy by construction
     assert "Full-data reference" not in page  # no config with train_fraction 1.0
+
+
+def test_report_states_the_sweep_command_and_wall_time(report):
+    import datetime
+
+    page, records = report["page"], report["records"]
+    assert records[0]["sweep_command"] in page
+    # One worker: the cells ran one after the other, so the wall time is their sum.
+    spans = [datetime.datetime.fromisoformat(r["finished"]) -
+             datetime.datetime.fromisoformat(r["started"]) for r in records]
+    hours = sum(span.total_seconds() for span in spans) / 3600
+    assert re.search(rf"- Wall time: {hours:.2f} h with at least one cell running, between "
+                     rf"{re.escape(min(r['started'] for r in records))} and "
+                     rf"{re.escape(max(r['finished'] for r in records))} \(UTC\), over 2 "
+                     rf"cells\.", page), page[:2000]
 
 
 def test_report_p_values_are_na_with_one_seed(report):

@@ -7,10 +7,13 @@ Each cell is `python -m tsynd_tf.train --flagfile=CONFIG --method=M --seed=S` fo
 `python -m tsynd_tf.evaluate` (clean, Gaussian noise, FGSM, PGD) in subprocesses, so a cell
 that crashes does not take the sweep down and cells can run side by side (--workers).
 Finished cells are appended as one JSON line each to <sweep_dir>/results.jsonl and skipped
-when the sweep is started again; an unfinished cell resumes from its run's checkpoint.
+when the sweep is started again; an unfinished cell resumes from its run's checkpoint. Each line
+records the sweep's command and the cell's UTC start and finish, from which the report gives
+the sweep's wall time.
 """
 
 import concurrent.futures
+import datetime
 import json
 import os
 import shlex
@@ -45,6 +48,10 @@ def cell_name(config: str, method: str, seed: int) -> str:
     return f"{Path(config).stem}_{method}_s{seed}"
 
 
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def finished_cells(results_path: Path) -> set[str]:
     return {record["cell"] for record in read_json_lines(results_path) if "cell" in record}
 
@@ -63,7 +70,7 @@ def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int)
         "evaluate": [sys.executable, "-m", "tsynd_tf.evaluate", f"--run_dir={run_dir}",
                      f"--seed={seed}", *shlex.split(FLAGS.eval_args)],
     }
-    seconds = {}
+    seconds, started = {}, utc_now()
     with open(log_path, "a") as log:
         for step, command in steps.items():
             start = time.time()
@@ -81,7 +88,9 @@ def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int)
             "train_fraction": flag_values["train_fraction"],
             "train_count": flag_values["train_count"], "method": method, "seed": seed,
             "run_dir": str(run_dir), "seconds": seconds, "training": training,
-            "metrics": evaluation["metrics"]}
+            "metrics": evaluation["metrics"], "started": started, "finished": utc_now(),
+            "sweep_command": shlex.join(["python", "-m", "tsynd_tf.experiment",
+                                         *sys.argv[1:]])}
 
 
 def main(argv):

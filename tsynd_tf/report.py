@@ -329,6 +329,22 @@ def cell_seconds(record: dict) -> float:
     return sum(record.get("seconds", {}).values())
 
 
+def busy_hours(records: list[dict]) -> float:
+    """Hours during which at least one cell ran: the union of the cells' [started, finished]
+    intervals, so idle gaps between restarts do not count and side-by-side cells count once."""
+    intervals = sorted((datetime.datetime.fromisoformat(r["started"]),
+                        datetime.datetime.fromisoformat(r["finished"])) for r in records)
+    total, end = 0.0, None
+    for start, finish in intervals:
+        if end is None or start > end:
+            total += (finish - start).total_seconds()
+            end = finish
+        elif finish > end:
+            total += (finish - end).total_seconds()
+            end = finish
+    return total / 3600
+
+
 def header_section(records: list[dict], configs: list[Config], sweep_dir: Path) -> list[str]:
     # A config is expected to finish every method and seed that any of its cells has: a
     # full-data reference config runs the baseline alone.
@@ -339,8 +355,8 @@ def header_section(records: list[dict], configs: list[Config], sweep_dir: Path) 
     lines = [
         f"Generated {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by",
         "", "```", f"python -m tsynd_tf.report {shlex.join(sys.argv[1:])}", "```", "",
-        f"- Sweep: `{sweep_dir.resolve()}` ({SWEEP_RESULTS_FILE}; the sweep's own command line is "
-        "not recorded there: the training flags of every config are under Settings).",
+        f"- Sweep: `{sweep_dir.resolve()}` ({SWEEP_RESULTS_FILE}; the training flags of every "
+        "config are under Settings).",
         f"- Cells finished: **{len(finished)} of {len(expected)}** ({len(configs)} configs; "
         "each expects the methods and seeds present in any of its cells: "
         + "; ".join(f"{c.name} {len(c.methods)}×{len(c.seeds)}" for c in configs) + ").",
@@ -354,6 +370,20 @@ def header_section(records: list[dict], configs: list[Config], sweep_dir: Path) 
         f"(train {np.median([r['seconds'].get('train', 0) for r in records]) / 60:.1f}, "
         f"evaluate {np.median([r['seconds'].get('evaluate', 0) for r in records]) / 60:.1f}).",
     ]
+    commands = sorted({r["sweep_command"] for r in records if "sweep_command" in r})
+    timed = [r for r in records if "started" in r]
+    untimed = (f"; {len(records) - len(timed)} older cells recorded no command or times"
+               if len(timed) < len(records) else "")
+    if commands:
+        lines += ["- Sweep command(s), as recorded by the cells:", "", "```", *commands, "```",
+                  ""]
+    if timed:
+        first = min(r["started"] for r in timed)
+        last = max(r["finished"] for r in timed)
+        lines.append(f"- Wall time: {busy_hours(timed):.2f} h with at least one cell running, "
+                     f"between {first} and {last} (UTC), over {len(timed)} cells{untimed}.")
+    elif records:
+        lines.append(f"- Wall time: not recorded{untimed}.")
     machine, software = hardware()
     lines += [f"- Hardware of the machine that wrote this page (the sweep's if it ran here): "
               f"{machine}.", f"- Software: {software}."]
