@@ -298,7 +298,8 @@ def measure_epoch_and_round(trainer) -> dict:
     try:
         for epoch in range(FLAGS.warmup + FLAGS.repeats):
             start = time.perf_counter()
-            trainer.train_classifier(int(trainer.classifier_epoch) + 1, synthetic=None)
+            epoch = int(trainer.classifier_epoch)
+            trainer.train_classifier(epoch, epoch + 1, synthetic=None)
             epochs.append(time.perf_counter() - start)
             epoch_parts.append(watch.take())
         result = {"epoch": summary(epochs, 1, "epochs/s"),

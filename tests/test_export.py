@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tsynd_tf.models import seed_generator_states
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 10
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -21,10 +23,6 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 def _run(args, **kwargs):
     return subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True,
                           timeout=300, **kwargs)
-
-
-def _seed_states(classifier):
-    return [v for v in classifier.variables if "seed_generator_state" in v.path]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +68,7 @@ def exported(trained, pneumonia, medmnist_dir, tmp_path_factory):
     path = export_classifier(trained, info, NUM_SAMPLES, threshold, base)
     # The SavedModel holds the dropout RNG state as it is now: the fresh process's first
     # call draws the same masks as an in-process call from this state.
-    states = [v.numpy() for v in _seed_states(trained)]
+    states = [v.numpy() for v in seed_generator_states(trained)]
     return {"base": base, "cli": base / info.name / "1", "inprocess": path,
             "threshold": threshold, "states": states, "cli_out": cli.stdout}
 
@@ -138,7 +136,7 @@ def test_fresh_process_matches_in_process(exported, trained, pneumonia, tmp_path
     got = np.load(out)
     meta = json.loads(Path(str(out) + ".json").read_text())
 
-    for variable, value in zip(_seed_states(trained), exported["states"]):
+    for variable, value in zip(seed_generator_states(trained), exported["states"]):
         variable.assign(value)
     x = tf.cast(images, tf.float32) / 255.0
     ref = {k: v.numpy() for k, v in

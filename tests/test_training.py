@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -63,29 +64,50 @@ def test_tensorboard_events_read_back(uninterrupted):
     assert len(events.Tensors("generation/mi_synthetic")) == 2  # one per round
 
 
+def _pool_written(run_dir: Path) -> bool:
+    return (run_dir / "synthetic" / "round_00.npz").exists()
+
+
+def _epoch_3_checkpointed(run_dir: Path) -> bool:
+    # 2 autoencoder + 3 classifier epochs; the manager's pointer file names the latest one.
+    state = run_dir / "checkpoints" / "checkpoint"
+    return state.exists() and 'model_checkpoint_path: "ckpt-5"' in state.read_text()
+
+
+@pytest.mark.parametrize("killed_when, resumed_at", [
+    (_pool_written, "classifier epoch 2"),  # right after round 0's generation
+    (_epoch_3_checkpointed, "classifier epoch 3"),  # inside round 0's training stage
+])
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_path,
-                                                             medmnist_dir):
+                                                             medmnist_dir, killed_when,
+                                                             resumed_at):
     reference, _ = uninterrupted
     process = train(tmp_path, medmnist_dir, wait=False)
-    first_pool = tmp_path / "synthetic" / "round_00.npz"
     deadline = time.time() + 300
-    while not first_pool.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first_pool.exists(), process.communicate()[0]
-    process.send_signal(signal.SIGKILL)  # mid-round: pool written, its epochs not finished
+    while not killed_when(tmp_path) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert killed_when(tmp_path), process.communicate()[0]
+    process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "results.json").exists()
+    first_pool = tmp_path / "synthetic" / "round_00.npz"
     pool_mtime = first_pool.stat().st_mtime_ns
 
     output = train(tmp_path, medmnist_dir)
-    assert "Resumed from" in output
+    assert f"Resumed from {tmp_path}" in output and resumed_at in output
+    assert "older tsynd-tf" not in output
     assert first_pool.stat().st_mtime_ns == pool_mtime  # the finished pool was not redone
+    # The same run, bitwise: every metric of the selected classifier and the next pool.
     resumed = json.loads((tmp_path / "results.json").read_text())
     expected = json.loads((reference / "results.json").read_text())
-    for key in ("num_synthetic", "classifier_epochs", "num_labelled", "pool_size"):
-        assert resumed[key] == expected[key], key
-    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == sorted(
-        p.name for p in (reference / "synthetic").iterdir())
+    resumed.pop("seconds_this_session"), expected.pop("seconds_this_session")
+    assert resumed == expected
+    for name in ("round_00.npz", "round_01.npz"):
+        with np.load(tmp_path / "synthetic" / name) as got, \
+                np.load(reference / "synthetic" / name) as want:
+            assert sorted(got.files) == sorted(want.files)
+            for key in want.files:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}:{key}")
     # Running a finished run again trains nothing more.
     train(tmp_path, medmnist_dir)
     assert json.loads((tmp_path / "results.json").read_text())["classifier_epochs"] == 6
@@ -137,3 +159,37 @@ def test_a_run_recorded_before_a_flag_existed_resumes_while_the_flag_keeps_its_d
     with pytest.raises(runs.RunDirError, match="synthesis"):
         runs.write_config(tmp_path / "changed", {"seed": 0, "synthesis": "residual"},
                           pneumonia.info, defaults)
+
+
+def test_a_checkpoint_without_dropout_seeds_resumes_with_a_warning(uninterrupted, tmp_path,
+                                                                   caplog):
+    """Checkpoints of older versions (no dropout seed state in them) still resume."""
+    import logging
+    import types
+
+    import tensorflow as tf
+
+    from tsynd_tf import training
+
+    reference, _ = uninterrupted
+    flags = json.loads((reference / "config.json").read_text())["flags"]
+    flags.update(output_dir=str(tmp_path), verbose=0)
+    config = types.SimpleNamespace(**flags)
+    old = training.Trainer(config, flags)
+    old.classifier_epoch.assign(3)
+    old.best_val_auc.assign(0.75)
+    kernel = old.classifier.trainable_variables[0]
+    kernel.assign(kernel * 2.0)  # unlike the fresh initialisation of the next Trainer
+    old_format = tf.train.Checkpoint(  # what tsynd-tf wrote before it kept dropout seeds
+        autoencoder=old.autoencoder, ae_optimizer=old.autoencoder.optimizer,
+        classifier=old.classifier, optimizer=old.classifier.optimizer, ae_epoch=old.ae_epoch,
+        classifier_epoch=old.classifier_epoch, best_val_auc=old.best_val_auc)
+    tf.train.CheckpointManager(old_format, tmp_path / "checkpoints", max_to_keep=1).save()
+
+    with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
+        resumed = training.Trainer(config, flags)
+    assert "written by an older tsynd-tf, without dropout seeds" in caplog.text
+    assert int(resumed.classifier_epoch) == 3 and float(resumed.best_val_auc) == 0.75
+    for want, got in zip(old.classifier.weights, resumed.classifier.weights):
+        if "seed_generator_state" not in got.path:
+            np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.path)

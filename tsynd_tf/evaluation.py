@@ -29,6 +29,7 @@ from scipy import ndimage
 from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
 
 from tsynd_tf.data import DatasetInfo, convert_channels
+from tsynd_tf.models import seed_generator_states
 from tsynd_tf.uncertainty import images_per_call, mc_logits, uncertainty_from_logits
 
 with contextlib.redirect_stdout(io.StringIO()):  # medmnist prints a torch notice on import
@@ -134,8 +135,7 @@ def seeded_dropout(model: keras.Model, seed: int):
     Every SeedGenerator state of the model is set from `seed` on entry and put back on exit,
     so that evaluating mid-training does not make later training masks repeat.
     """
-    states = [v for v in model.non_trainable_variables
-              if v.path.endswith("seed_generator_state")]
+    states = seed_generator_states(model)
     if not states:
         logging.warning("%s has no SeedGenerator state: MC predictions are not reproducible.",
                         model.name)

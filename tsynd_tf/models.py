@@ -72,6 +72,12 @@ def build_autoencoder(size: int, channels: int, latent_channels: int = 8, width:
     return encoder, decoder, autoencoder
 
 
+def seed_generator_states(model: keras.Model) -> list:
+    """The state variables of the model's SeedGenerators: where MC dropout's next masks come
+    from. Keras keeps them out of the model's tf.train checkpoint graph."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
 def recompute_batch_norm_statistics(model: keras.Model, batches) -> None:
     """'Precise BN': sets every BatchNorm's moving mean/variance to the average of its batch
     statistics over `batches` (images only), with the weights unchanged.

@@ -2,12 +2,12 @@
 (generate a synthetic pool, continue training on real + synthetic).
 
 Every stage is resumable. A `tf.train.CheckpointManager` saves the autoencoder, classifier,
-both optimizers (with their step counts) and the epoch counters after every epoch; each
-round's synthetic pool is an .npz written atomically before training uses it. A restarted
-run restores the checkpoint and skips what is finished: an epoch is never trained twice and a
-pool never generated twice. Keras does not checkpoint dropout's seed state, so a resumed run
-draws other training masks than an uninterrupted one (same counts, not bitwise equal);
-validation masks are seeded, so model selection is unaffected.
+both optimizers (with their step counts), the epoch counters and MC dropout's seed state
+after every epoch; each round's synthetic pool is an .npz written atomically before training
+uses it. A restarted run restores the checkpoint and skips what is finished: an epoch is never
+trained twice and a pool never generated twice. It is also the same run: a stage re-enters
+its batch stream at the resumed epoch, and a pool read back restores the dropout state its
+generation left, so on CPU a killed and resumed run ends bitwise equal to an uninterrupted one.
 
 All methods train with the same batch size and number of steps per epoch, so they differ
 only in what the batches hold: `baseline` real images only; the others a fixed share
@@ -180,18 +180,27 @@ class Trainer:
         self.ae_epoch = tf.Variable(0, dtype=tf.int64, name="ae_epoch")
         self.classifier_epoch = tf.Variable(0, dtype=tf.int64, name="classifier_epoch")
         self.best_val_auc = tf.Variable(-1.0, dtype=tf.float64, name="best_val_auc")
-        self.checkpoint = tf.train.Checkpoint(
+        state = dict(
             autoencoder=self.autoencoder, ae_optimizer=self.autoencoder.optimizer,
             classifier=self.classifier, optimizer=self.classifier.optimizer,
             ae_epoch=self.ae_epoch, classifier_epoch=self.classifier_epoch,
             best_val_auc=self.best_val_auc)
+        self.dropout_states = models.seed_generator_states(self.classifier)
+        self.checkpoint = tf.train.Checkpoint(**state, dropout_seed_states=self.dropout_states)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir / "checkpoints",
                                                   max_to_keep=2)
         # Every worker resumes from the chief's checkpoint, so all start from the same state.
         # It restores under any strategy: a checkpoint holds one value per variable.
         latest = tf.train.latest_checkpoint(self.output_dir / "checkpoints")
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            has_seeds = any(name.startswith("dropout_seed_states/")
+                            for name, _ in tf.train.list_variables(latest))
+            if not has_seeds:
+                log.warning("%s was written by an older tsynd-tf, without dropout seeds: "
+                            "the run resumes, drawing other dropout masks than an "
+                            "uninterrupted run would.", latest)
+            (self.checkpoint if has_seeds else tf.train.Checkpoint(**state)).restore(
+                latest).assert_existing_objects_matched()
             log.info("Resumed from %s (autoencoder epoch %d, classifier epoch %d).",
                      latest, int(self.ae_epoch), int(self.classifier_epoch))
         self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
@@ -291,8 +300,10 @@ class Trainer:
         # --steps_per_epoch applies here too: at 1% (one batch of labelled images) one pass
         # per epoch would give the autoencoder ~30 steps, and its decodes would be grey blurs.
         steps = config.steps_per_epoch or math.ceil(len(images) / config.batch_size)
+        # fit() keeps one iterator across epochs: a resumed stage skips the batches it saw.
         train = for_fit(data.make_pipeline(images, None, config.batch_size, shuffle=True,
-                                           seed=config.seed, repeat=True).map(to_pair))
+                                           seed=config.seed, repeat=True).map(to_pair)
+                        .skip(int(self.ae_epoch) * steps))
         # Iterated afresh every epoch, where autotuning stalls (uncertainty.without_autotuning).
         val = for_fit(uncertainty.without_autotuning(data.make_pipeline(
             self.dataset.val.images, None, self.eval_batch_size).map(to_pair)))
@@ -303,14 +314,21 @@ class Trainer:
                              verbose=self.verbose,
                              callbacks=[EpochEnd(self, "autoencoder")], shuffle=False)
 
-    def train_classifier(self, until_epoch: int, synthetic: data.Split | None) -> None:
+    def stage_start(self, round_index: int) -> int:
+        """First classifier epoch of a round, after the initial real-only epochs."""
+        return self.config.initial_epochs + round_index * self.config.epochs_per_round
+
+    def train_classifier(self, first: int, until_epoch: int,
+                         synthetic: data.Split | None) -> None:
+        """Trains the stage of epochs [first, until_epoch), from where it stopped."""
         start = int(self.classifier_epoch)
         if start >= until_epoch:
             return
-        # Seeded by the epoch it starts at, so a resumed stage is seeded as a fresh one.
+        # One batch stream per stage, seeded by the stage; a resumed stage re-enters it.
         batches = for_fit(classifier_batches(self.real, synthetic, self.config,
-                                             seed=self.config.seed * 1000 + start,
-                                             replicas=self.strategy.num_replicas_in_sync))
+                                             seed=self.config.seed * 1000 + first,
+                                             replicas=self.strategy.num_replicas_in_sync)
+                          .skip((start - first) * self.steps_per_epoch))
         self.classifier.fit(batches, epochs=until_epoch, initial_epoch=start,
                             steps_per_epoch=self.steps_per_epoch, verbose=self.verbose,
                             callbacks=[EpochEnd(self, "classifier")], shuffle=False)
@@ -325,6 +343,12 @@ class Trainer:
         done = self.pool_path(round_index, self.output_dir)
         if done.exists():
             with np.load(done) as pool:
+                # Resuming right after this pool's generation: continue from the dropout
+                # state it left (the checkpoint predates it).
+                if (int(self.classifier_epoch) == self.stage_start(round_index) and
+                        "dropout_seed_states" in pool):
+                    for variable, value in zip(self.dropout_states, pool["dropout_seed_states"]):
+                        variable.assign(value)
                 return data.Split(pool["images"], pool["targets"])
         config, seed = self.config, self.config.seed * 1000 + round_index
         start = time.time()
@@ -353,7 +377,8 @@ class Trainer:
                       pool.targets, time.time() - start)
         with atomic_path(path, ".npz") as tmp:
             np.savez(tmp, images=pool.images, targets=pool.targets,
-                     source_indices=self.labelled[sources])
+                     source_indices=self.labelled[sources],
+                     dropout_seed_states=np.asarray([v.numpy() for v in self.dropout_states]))
         return pool
 
     def log_pool(self, round_index, sources, reconstructions, synthetic, anchors, latents,
@@ -391,7 +416,7 @@ class Trainer:
         config, start = self.config, time.time()
         if config.method != "baseline":  # the baseline never decodes: same results, less time
             self.train_autoencoder()
-        self.train_classifier(config.initial_epochs, synthetic=None)
+        self.train_classifier(0, self.stage_start(0), synthetic=None)
         pools = []
         for round_index in range(config.rounds):
             if config.method != "baseline":
@@ -399,8 +424,8 @@ class Trainer:
             synthetic = (data.Split(np.concatenate([p.images for p in pools]),
                                     np.concatenate([p.targets for p in pools]))
                          if pools else None)
-            self.train_classifier(
-                config.initial_epochs + (round_index + 1) * config.epochs_per_round, synthetic)
+            self.train_classifier(self.stage_start(round_index),
+                                  self.stage_start(round_index + 1), synthetic)
         return self.finish(time.time() - start)
 
     def export(self, export_dir: str, name: str) -> Path:
