@@ -153,6 +153,29 @@ def test_report_tables_have_a_row_per_method(report):
     assert "Full-data reference" not in page  # no config with train_fraction 1.0
 
 
+def test_report_claims_table_pairs_the_methods_it_has(report):
+    page, records = report["page"], report["records"]
+    rows = [line for line in page.splitlines() if line.startswith("| ") and "| `tiny` |" in line
+            and "`tsynd_mi` − `baseline`" in line]
+    claims = [row.split("|")[1].strip() for row in rows]
+    # Only tsynd_mi and baseline ran: no latent_noise or entropy claims.
+    assert claims == ["more accurate with few labels", "higher AUC with few labels",
+                      "more robust to noise and attacks"]
+    by = {r["method"]: r["metrics"] for r in records}
+    robust = [k for k in by["baseline"] if re.fullmatch(r"(gaussian|fgsm|pgd)_[0-9.]+/acc", k)
+              and float(k.split("_")[1][:-len("/acc")]) > 0]  # σ=0 is clean accuracy
+    assert len(robust) == 3
+    expected = [by["tsynd_mi"]["test/acc"] - by["baseline"]["test/acc"],
+                by["tsynd_mi"]["test/auc"] - by["baseline"]["test/auc"],
+                np.mean([by["tsynd_mi"][k] for k in robust]) -
+                np.mean([by["baseline"][k] for k in robust])]
+    for row, delta in zip(rows, expected):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3] == "1" and cells[4] == f"{delta:+.3f}", row
+        assert cells[5:] == ["n/a", "n/a", "no test (fewer than 2 pairs, or all differences "
+                                           "equal)"], row
+
+
 def test_report_states_the_sweep_command_and_wall_time(report):
     import datetime
 

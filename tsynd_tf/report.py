@@ -54,6 +54,15 @@ CLEAN_METRICS = {"test/acc": "ACC", "test/auc": "AUC", "test/balanced_acc": "bal
                  "test/nll": "NLL", "test/ece": "ECE", "test/mutual_information": "test MI"}
 VERDICT_METRICS = {"test/acc": "ACC", "test/auc": "AUC"}
 ROBUST_FAMILIES = {"gaussian": "Gaussian σ", "fgsm": "FGSM ε", "pgd": "PGD ε"}
+ROBUST_MEAN = "robust/mean_acc"  # Config.values: per seed, mean accuracy over noise/attacks
+# The paper's claims as paired comparisons: (claim, method, compared with, metric key).
+CLAIMS = (
+    ("more accurate with few labels", "tsynd_mi", "baseline", "test/acc"),
+    ("higher AUC with few labels", "tsynd_mi", "baseline", "test/auc"),
+    ("more robust to noise and attacks", "tsynd_mi", "baseline", ROBUST_MEAN),
+    ("targeted beats random latent noise", "tsynd_mi", "latent_noise", "test/acc"),
+    ("MI beats predictive entropy", "tsynd_mi", "tsynd_entropy", "test/acc"),
+)
 # Published full-data reference, ResNet-18 at 28 px, test split; not computed here.
 PUBLISHED_RESNET18_28 = {
     "source": "MedMNIST v2, Yang et al. 2023, Table",
@@ -123,6 +132,11 @@ class Config:
 
     def values(self, method: str, key: str) -> dict[int, float]:
         """seed -> metric of `method` (undefined metrics left out)."""
+        if key == ROBUST_MEAN:
+            keys = [k for _, _, k in robust_keys(self.records)]
+            per_key = [self.values(method, k) for k in keys]
+            seeds = set.intersection(*(set(v) for v in per_key)) if keys else set()
+            return {s: float(np.mean([v[s] for v in per_key])) for s in sorted(seeds)}
         out = {}
         for r in self.by_method(method):
             # Evaluation metrics first; validation ones come from the training results.
@@ -469,6 +483,43 @@ def overview_section(configs: list[Config]) -> list[str]:
             markdown_table(["config", "labelled", "method", "n", "val AUC",
                             *(f"test {n}" for n in VERDICT_METRICS.values()), "pre-synth."],
                            rows), ""]
+
+
+def claims_section(configs: list[Config]) -> list[str]:
+    """The paper's claims, each a paired test per low-data config, in one table."""
+    rows, tests = [], []  # tests: the paired_test result of each row
+    for claim, a, b, key in CLAIMS:
+        for config in configs:
+            if config.train_fraction == 1.0 and not config.train_count:
+                continue  # full-data reference configs run the baseline alone
+            if not {a, b} <= set(config.methods):
+                continue
+            r = paired_test(config.values(a, key), config.values(b, key))
+            rows.append([claim, f"`{config.name}`", f"`{a}` − `{b}`", r["n"],
+                         f"{r['mean']:+.3f}", format_p(r["t_p"])])
+            tests.append(r)
+    if not rows:
+        return []
+    defined = [i for i, r in enumerate(tests) if r["t_p"] is not None]
+    adjusted = dict(zip(defined, holm([tests[i]["t_p"] for i in defined])))
+    for i, row in enumerate(rows):
+        p, mean = tests[i]["t_p"], tests[i]["mean"]
+        if p is None:
+            outcome = "no test (fewer than 2 pairs, or all differences equal)"
+        elif p >= ALPHA:
+            outcome = "not shown"
+        else:
+            outcome = "**holds**" if mean > 0 else "**reversed** (worse)"
+            outcome += "" if adjusted[i] < ALPHA else " (not after Holm)"
+        row += [format_p(adjusted.get(i)), outcome]
+    return ["## The paper's claims", "",
+            "Each claim as a paired comparison over seeds in every low-data config: mean Δ "
+            "(first method minus second), two-sided paired t-test p, Holm-adjusted over all "
+            f"rows of this table, outcome at α={ALPHA}. *Robust* is the per-seed mean accuracy "
+            "over all noise and attack settings of the tables below. 'not shown' means no "
+            "significant difference either way.", "",
+            markdown_table(["claim", "config", "comparison", "n pairs", "mean Δ", "t-test p",
+                            "Holm p", "outcome"], rows), ""]
 
 
 def reference_section(configs: list[Config]) -> list[str]:
@@ -866,7 +917,7 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
     configs = group_configs(records, sweep_dir)
     robust = robust_keys(records)
     lines = [f"# {title}", "", *header_section(records, configs, sweep_dir), "",
-             *overview_section(configs), *settings_section(configs),
+             *claims_section(configs), *overview_section(configs), *settings_section(configs),
              "## Results per config", ""]
     for config in configs:
         lines += config_section(config, robust)
