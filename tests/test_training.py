@@ -113,6 +113,44 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     assert json.loads((tmp_path / "results.json").read_text())["classifier_epochs"] == 6
 
 
+def test_image_folder_run_with_a_relative_data_dir_evaluates_from_elsewhere(
+        chest_xray_dir, tmp_path):
+    """The path users with their own images take: train on a folder given relative to the
+    working directory, then evaluate the run from another one."""
+    import shutil
+
+    work = tmp_path / "work"
+    for split, n in (("train", 20), ("test", 5)):
+        for name in ("NORMAL", "PNEUMONIA"):
+            (work / "xray" / split / name).mkdir(parents=True)
+            for src in sorted((chest_xray_dir / split / name).iterdir())[:n]:
+                shutil.copy(src, work / "xray" / split / name / src.name)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TSYND_DATA_DIR", None)
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "tsynd_tf.train", "--dataset=folder", "--data_dir=xray",
+         "--size=28", "--train_fraction=1.0", "--ae_epochs=1", "--initial_epochs=1",
+         "--rounds=1", "--epochs_per_round=1", "--ascent_steps=1", "--num_samples=2",
+         "--output_dir=run", "--export_dir=", "--verbose=2"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    flags = json.loads((work / "run" / "config.json").read_text())["flags"]
+    assert flags["data_dir"] == str(work / "xray")
+    results = json.loads((work / "run" / "results.json").read_text())
+    assert results["num_labelled"] == 36 and results["num_synthetic"] == 36  # 40 - 4 val
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tsynd_tf.evaluate", f"--run_dir={work / 'run'}",
+         "--gaussian_sigmas=0", "--fgsm_epsilons=", "--pgd_epsilons="],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    evaluation = json.loads((work / "run" / "eval_test.json").read_text())
+    assert evaluation["settings"]["num_examples"] == 10
+    assert evaluation["metrics"]["test/acc"] == pytest.approx(results["test/acc"])
+
+
 def test_resuming_with_other_flags_is_refused(uninterrupted, medmnist_dir):
     run_dir, _ = uninterrupted
     command = [sys.executable, "-m", "tsynd_tf.train", f"--data_dir={medmnist_dir}",

@@ -117,6 +117,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     validate_flags()
+    if FLAGS.data_dir:  # recorded absolute: evaluate and report then work from any folder
+        FLAGS.data_dir = os.path.abspath(os.path.expanduser(FLAGS.data_dir))
     FLAGS.output_dir = FLAGS.output_dir or os.path.join("runs", run_name())
     from tsynd_tf import training  # Deferred: imports TensorFlow after flags are validated.
 
