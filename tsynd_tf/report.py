@@ -117,6 +117,11 @@ class Config:
         return f"{self.dataset}, {share}"
 
     @property
+    def full_data(self) -> bool:
+        """Trained on all training labels: a reference config, not a low-data one."""
+        return self.train_fraction == 1.0 and not self.train_count
+
+    @property
     def labelled_fraction(self) -> float:
         """Share of the training split that is labelled (for --train_count configs too)."""
         if not self.train_count:
@@ -490,9 +495,7 @@ def claims_section(configs: list[Config]) -> list[str]:
     rows, tests = [], []  # tests: the paired_test result of each row
     for claim, a, b, key in CLAIMS:
         for config in configs:
-            if config.train_fraction == 1.0 and not config.train_count:
-                continue  # full-data reference configs run the baseline alone
-            if not {a, b} <= set(config.methods):
+            if config.full_data or not {a, b} <= set(config.methods):
                 continue
             r = paired_test(config.values(a, key), config.values(b, key))
             rows.append([claim, f"`{config.name}`", f"`{a}` − `{b}`", r["n"],
@@ -523,7 +526,7 @@ def claims_section(configs: list[Config]) -> list[str]:
 
 
 def reference_section(configs: list[Config]) -> list[str]:
-    full = [c for c in configs if c.train_fraction == 1.0 and not c.train_count]
+    full = [c for c in configs if c.full_data]
     if not full:
         return []
     rows = []
