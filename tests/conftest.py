@@ -4,6 +4,7 @@ $TSYND_TEST_DATA overrides that folder; it must hold medmnist/ and chest_xray/.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,18 @@ def medmnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def chest_xray_dir() -> Path:
     return _require(TEST_DATA / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def small_xray_dir(chest_xray_dir, tmp_path_factory) -> Path:
+    """A copy of the first real JPEGs of each class: 20 per class in train, 5 in test."""
+    root = tmp_path_factory.mktemp("small_xray")
+    for split, n in (("train", 20), ("test", 5)):
+        for name in ("NORMAL", "PNEUMONIA"):
+            (root / split / name).mkdir(parents=True)
+            for src in sorted((chest_xray_dir / split / name).iterdir())[:n]:
+                shutil.copy(src, root / split / name / src.name)
+    return root
 
 
 @pytest.fixture(scope="session")

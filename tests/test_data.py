@@ -176,18 +176,6 @@ def chest_xray(chest_xray_dir):
     return load_image_folder(chest_xray_dir, size=28, channels=1, val_fraction=0.1, seed=0)
 
 
-@pytest.fixture(scope="session")
-def small_xray_dir(chest_xray_dir, tmp_path_factory) -> Path:
-    """A copy of the first real JPEGs of each class: 20 per class in train, 5 in test."""
-    root = tmp_path_factory.mktemp("small_xray")
-    for split, n in (("train", 20), ("test", 5)):
-        for name in XRAY_CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for src in sorted((chest_xray_dir / split / name).iterdir())[:n]:
-                shutil.copy(src, root / split / name / src.name)
-    return root
-
-
 def test_chest_xray_folder_counts_and_shapes(chest_xray):
     info = chest_xray.info
     assert info.class_names == XRAY_CLASSES
