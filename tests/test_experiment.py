@@ -73,9 +73,11 @@ def results_lines(sweep_dir: Path) -> list[str]:
 # ----------------------------------------------------------------------------- runner
 
 
-def test_sweep_writes_one_result_line_per_cell(sweep):
+def test_sweep_writes_its_plan_then_one_result_line_per_cell(sweep):
     assert "0 cells finished, 2 to run" in sweep["log"]
-    records = [json.loads(line) for line in results_lines(sweep["sweep_dir"])]
+    plan, *records = [json.loads(line) for line in results_lines(sweep["sweep_dir"])]
+    assert plan["plan"] == [["tiny", "baseline", 0], ["tiny", "tsynd_mi", 0]]
+    assert plan["sweep_command"] == records[0]["sweep_command"]
     assert sorted(r["cell"] for r in records) == ["tiny_baseline_s0", "tiny_tsynd_mi_s0"]
     for record in records:
         assert record["dataset"] == "pneumoniamnist" and record["train_count"] == 32
@@ -92,9 +94,10 @@ def test_sweep_writes_one_result_line_per_cell(sweep):
 def test_restarted_sweep_runs_nothing(sweep):
     run_dirs = sorted((sweep["sweep_dir"] / "runs").iterdir())
     mtimes = {p: p.stat().st_mtime_ns for d in run_dirs for p in d.rglob("*")}
+    lines = results_lines(sweep["sweep_dir"])
     log = run_sweep(sweep["config"], sweep["sweep_dir"], sweep["data_dir"])
     assert "2 cells finished, 0 to run" in log
-    assert len(results_lines(sweep["sweep_dir"])) == 2
+    assert results_lines(sweep["sweep_dir"]) == lines  # nothing to run: no plan line either
     assert {p: p.stat().st_mtime_ns for d in run_dirs for p in d.rglob("*")} == mtimes
 
 
@@ -129,7 +132,7 @@ def report(sweep, tmp_path_factory):
                      "--title=Tiny sweep", data_dir=sweep["data_dir"])
     return {"page": page_path.read_text(), "page_path": page_path, "log": log,
             "sweep_dir": copied,
-            "records": [json.loads(line) for line in lines]}
+            "records": [r for r in map(json.loads, lines) if "cell" in r]}
 
 
 def test_report_tables_have_a_row_per_method(report):
@@ -151,6 +154,28 @@ def test_report_tables_have_a_row_per_method(report):
     assert "Gaussian σ=0.1" in page and "FGSM ε=0.01" in page and "PGD ε=0.01" in page
     assert "Gaussian σ=0 " not in page  # identical to clean accuracy by construction
     assert "Full-data reference" not in page  # no config with train_fraction 1.0
+
+
+def test_report_names_the_planned_cells_a_stopped_sweep_left(sweep, tmp_path):
+    """A restart that plans a second seed whose cells fail (a bad training flag) leaves them
+    unfinished; the page counts them from the plan line and names them."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / runs.SWEEP_RESULTS_FILE).write_text(
+        "\n".join(results_lines(sweep["sweep_dir"])) + "\n")
+    env = dict(os.environ, TSYND_DATA_DIR=str(sweep["data_dir"]), TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-m", "tsynd_tf.experiment",
+                           f"--configs={sweep['config']}", f"--methods={','.join(METHODS)}",
+                           "--num_seeds=2", f"--sweep_dir={sweep_dir}",
+                           "--train_args=--no_such_flag=1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "2 cell(s) failed" in done.stderr, done.stderr
+    page_path = tmp_path / "RESULTS.md"
+    run_module("tsynd_tf.report", f"--sweep_dir={sweep_dir}", f"--output={page_path}",
+               "--model_figures=false", data_dir=sweep["data_dir"])
+    page = page_path.read_text()
+    assert "Cells finished: **2 of 4** (1 configs," in page and "tiny 2×2" in page
+    assert "- Not finished: tiny/baseline/s1, tiny/tsynd_mi/s1\n" in page
 
 
 def test_report_claims_table_pairs_the_methods_it_has(report):

@@ -9,7 +9,8 @@ that crashes does not take the sweep down and cells can run side by side (--work
 Finished cells are appended as one JSON line each to <sweep_dir>/results.jsonl and skipped
 when the sweep is started again; an unfinished cell resumes from its run's checkpoint. Each line
 records the sweep's command and the cell's UTC start and finish, from which the report gives
-the sweep's wall time.
+the sweep's wall time. Each start that has cells to run first appends a plan line (every cell
+of its grid, finished or not), so the report can name the cells a stopped sweep left.
 """
 
 import concurrent.futures
@@ -52,6 +53,10 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def sweep_command() -> str:
+    return shlex.join(["python", "-m", "tsynd_tf.experiment", *sys.argv[1:]])
+
+
 def finished_cells(results_path: Path) -> set[str]:
     return {record["cell"] for record in read_json_lines(results_path) if "cell" in record}
 
@@ -89,8 +94,7 @@ def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int)
             "train_count": flag_values["train_count"], "method": method, "seed": seed,
             "run_dir": str(run_dir), "seconds": seconds, "training": training,
             "metrics": evaluation["metrics"], "started": started, "finished": utc_now(),
-            "sweep_command": shlex.join(["python", "-m", "tsynd_tf.experiment",
-                                         *sys.argv[1:]])}
+            "sweep_command": sweep_command()}
 
 
 def main(argv):
@@ -106,11 +110,15 @@ def main(argv):
     results_path = sweep_dir / SWEEP_RESULTS_FILE
     done = finished_cells(results_path)
     # Seed-major order: an interrupted sweep has every config x method for the first seeds.
-    cells = [(config, method, seed) for seed in range(FLAGS.num_seeds)
-             for config in FLAGS.configs for method in FLAGS.methods
-             if cell_name(config, method, seed) not in done]
+    grid = [(config, method, seed) for seed in range(FLAGS.num_seeds)
+            for config in FLAGS.configs for method in FLAGS.methods]
+    cells = [cell for cell in grid if cell_name(*cell) not in done]
     logging.info("%d cells finished, %d to run, %d at a time.", len(done), len(cells),
                  FLAGS.workers)
+    if cells:
+        append_json_line(results_path, {
+            "plan": [[Path(config).stem, method, seed] for config, method, seed in grid],
+            "sweep_command": sweep_command(), "written": utc_now()})
     threads = max(1, (os.cpu_count() or 1) // FLAGS.workers)
     failures = 0
     with concurrent.futures.ThreadPoolExecutor(FLAGS.workers) as pool:

@@ -81,6 +81,12 @@ def read_results(results_path: Path) -> list[dict]:
     return list({r["cell"]: r for r in read_json_lines(results_path) if "cell" in r}.values())
 
 
+def read_planned_cells(results_path: Path) -> set[tuple[str, str, int]]:
+    """(config, method, seed) of every cell that a start of the sweep planned (its plan lines)."""
+    return {(config, method, seed) for r in read_json_lines(results_path) if "plan" in r
+            for config, method, seed in r["plan"]}
+
+
 def method_key(method: str):
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
@@ -364,21 +370,27 @@ def busy_hours(records: list[dict]) -> float:
     return total / 3600
 
 
-def header_section(records: list[dict], configs: list[Config], sweep_dir: Path) -> list[str]:
-    # A config is expected to finish every method and seed that any of its cells has: a
-    # full-data reference config runs the baseline alone.
-    expected = {(c.name, m, s) for c in configs for m in c.methods for s in c.seeds}
+def header_section(records: list[dict], configs: list[Config], planned: set[tuple],
+                   sweep_dir: Path) -> list[str]:
+    # Expected: the cells the sweep's starts planned, and every method and seed that any
+    # finished cell of a config has (sweeps from before plan lines were written).
+    expected = planned | {(c.name, m, s) for c in configs for m in c.methods for s in c.seeds}
     finished = {(r["config"], r["method"], r["seed"]) for r in records}
     missing = sorted(expected - finished)
+    grids = {}  # config -> (methods, seeds) expected
+    for config, method, seed in expected:
+        grids.setdefault(config, (set(), set()))[0].add(method)
+        grids[config][1].add(seed)
     seconds = [cell_seconds(r) for r in records]
     lines = [
         f"Generated {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by",
         "", "```", f"python -m tsynd_tf.report {shlex.join(sys.argv[1:])}", "```", "",
         f"- Sweep: `{sweep_dir.resolve()}` ({SWEEP_RESULTS_FILE}; the training flags of every "
         "config are under Settings).",
-        f"- Cells finished: **{len(finished)} of {len(expected)}** ({len(configs)} configs; "
-        "each expects the methods and seeds present in any of its cells: "
-        + "; ".join(f"{c.name} {len(c.methods)}×{len(c.seeds)}" for c in configs) + ").",
+        f"- Cells finished: **{len(finished)} of {len(expected)}** ({len(grids)} configs, "
+        "methods × seeds as planned by the sweep or present in any finished cell: "
+        + "; ".join(f"{name} {len(m)}×{len(s)}" for name, (m, s) in sorted(grids.items()))
+        + ").",
     ]
     if missing:
         shown = ", ".join(f"{c}/{m}/s{s}" for c, m, s in missing[:12])
@@ -919,7 +931,8 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
     matplotlib.use("Agg")
     configs = group_configs(records, sweep_dir)
     robust = robust_keys(records)
-    lines = [f"# {title}", "", *header_section(records, configs, sweep_dir), "",
+    planned = read_planned_cells(sweep_dir / SWEEP_RESULTS_FILE)
+    lines = [f"# {title}", "", *header_section(records, configs, planned, sweep_dir), "",
              *claims_section(configs), *overview_section(configs), *settings_section(configs),
              "## Results per config", ""]
     for config in configs:
