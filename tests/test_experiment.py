@@ -172,7 +172,7 @@ def test_report_names_the_planned_cells_a_stopped_sweep_left(sweep, tmp_path):
     run_module("tsynd_tf.report", f"--sweep_dir={sweep_dir}", f"--output={page_path}",
                "--model_figures=false", data_dir=sweep["data_dir"])
     page = page_path.read_text()
-    assert "Cells finished: **2 of 4** (1 configs," in page and "tiny 2×2" in page
+    assert "Cells finished: **2 of 4** (1 config," in page and "tiny 2×2" in page
     assert "- Not finished: tiny/baseline/s1, tiny/tsynd_mi/s1\n" in page
 
 

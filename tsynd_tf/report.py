@@ -387,7 +387,8 @@ def header_section(records: list[dict], configs: list[Config], planned: set[tupl
         "", "```", f"python -m tsynd_tf.report {shlex.join(sys.argv[1:])}", "```", "",
         f"- Sweep: `{sweep_dir.resolve()}` ({SWEEP_RESULTS_FILE}; the training flags of every "
         "config are under Settings).",
-        f"- Cells finished: **{len(finished)} of {len(expected)}** ({len(grids)} configs, "
+        f"- Cells finished: **{len(finished)} of {len(expected)}** ({len(grids)} "
+        f"config{'s' if len(grids) != 1 else ''}, "
         "methods × seeds as planned by the sweep or present in any finished cell: "
         + "; ".join(f"{name} {len(m)}×{len(s)}" for name, (m, s) in sorted(grids.items()))
         + ").",
