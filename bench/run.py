@@ -5,17 +5,19 @@ r"""Throughput, overhead and memory of the TSynD training path, on real data, on
       --batch_size=16 --eval_batch_size=64 --repeats=3 --bench_steps=8 \
       --output=bench/results/chest_xray_224.json
 
-Every training flag of `tsynd_tf.train` applies (dataset, size, classifier, batch_size,
+Every training flag applies (config.TrainConfig: dataset, size, classifier, batch_size,
 num_samples, ascent_steps, train_fraction, mixed_precision, jit_compile, strategy, ...): the
-models, data and pipelines are those of a `training.Trainer` built from them, in one process
-on the current device. Measured, each as the median over --repeats after --warmup
+models, data, pipelines and synthesis method are those of a `training.Trainer` built from
+them, in one process on the current device, and each measurement calls the Trainer's own
+objects (nothing is re-implemented here). Measured, each as the median over --repeats after --warmup
 untimed repetitions (tracing, caches):
 
   train_pipeline   classifier `fit` on the project's tf.data pipeline, as Trainer trains
   train_numpy      the same model, compiled the same way, `fit` on numpy arrays
   train_mixed      the pipeline of a round: real and "synthetic" batches zipped (here both
                    streams hold real images: only the pipeline's cost is measured)
-  ascent           LatentAscent.fit on the round's pool: latents x steps per second
+  ascent           the method's latent move on the round's pool (TSynD: the latent ascent):
+                   latents x steps per second
   mc_inference     uncertainty.mc_predict on the test split: images per second at T
   epoch / round    one baseline classifier epoch of the default run (fit + validation +
                    checkpoint) and one TSynD generation round (encode, ascent, decode, pool
@@ -27,6 +29,7 @@ prints the table. Timings only; nothing is asserted. Run nothing else on the mac
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -40,9 +43,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from tsynd_tf import train  # noqa: F401 - defines the training flags this benchmark uses
+from tsynd_tf import cli, config
+
+config.define_flags()  # the training settings, as `train` has them
 
 flags.DEFINE_integer("repeats", 5, "Timed repetitions of each measurement (median).")
 flags.DEFINE_integer("warmup", 1, "Untimed repetitions before them.")
@@ -100,7 +105,7 @@ def device_info(trainer) -> dict:
                  for g in gpus],
         "python": platform.python_version(), "tensorflow": tf.__version__,
         "keras": keras.__version__, "mixed_precision": trainer.policy,
-        "jit_compile": bool(FLAGS.jit_compile), **distribute.describe(trainer.strategy),
+        "jit_compile": bool(trainer.config.jit_compile), **distribute.describe(trainer.strategy),
         "intra_op_threads_env": os.environ.get("TF_NUM_INTRAOP_THREADS"),
         "onednn_opts_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "git": git_revision(),
@@ -181,26 +186,17 @@ class Stopwatch:
 
 def fresh_classifier(trainer):
     """A second classifier built and compiled exactly as Trainer builds its own."""
-    import keras
+    from tsynd_tf import training
 
-    from tsynd_tf import models
-
-    info, config = trainer.dataset.info, trainer.config
     with trainer.strategy.scope():
-        model = models.build_classifier(config.classifier, info.size,
-                                        trainer.dataset.train.images.shape[-1],
-                                        info.num_classes, config.dropout_rate)
-        loss = (keras.losses.BinaryCrossentropy(from_logits=True) if info.multilabel else
-                keras.losses.CategoricalCrossentropy(from_logits=True))
-        model.compile(keras.optimizers.Adam(config.learning_rate), loss,
-                      jit_compile=config.jit_compile)
-    return model
+        return training.build_classifier(trainer.config, trainer.dataset.info,
+                                         trainer.dataset.train.images.shape[-1])
 
 
 def measure_training(trainer) -> dict:
     import numpy as np
 
-    from tsynd_tf import training
+    from tsynd_tf.data.pipeline import classifier_batches, for_fit
 
     config, split = trainer.config, trainer.dataset.train
     batch, epochs = config.batch_size, FLAGS.warmup + FLAGS.repeats
@@ -210,8 +206,8 @@ def measure_training(trainer) -> dict:
     results = {"images_per_epoch": count, "batch_size": batch}
 
     def pipeline_fit(model, synthetic):
-        batches = training.for_fit(training.classifier_batches(
-            split, synthetic, config, seed=config.seed, replicas=replicas))
+        batches = for_fit(classifier_batches(split, synthetic, config, seed=config.seed,
+                                             replicas=replicas))
         timer = epoch_timer()
         model.fit(batches, epochs=epochs, steps_per_epoch=math.ceil(count / batch),
                   verbose=0, callbacks=[timer], shuffle=False)
@@ -241,26 +237,20 @@ def pool_anchors(trainer, size: int):
 
 
 def measure_ascent(trainer) -> dict:
-    import numpy as np
-    import tensorflow as tf
-
-    from tsynd_tf import training, uncertainty
-
-    if trainer.ascent is None:
-        return {"skipped": f"--method={trainer.config.method} has no latent ascent"}
+    """The method's `move` of a pool of latents, as its `pool` calls it each round."""
+    if not hasattr(trainer.method, "move"):
+        return {"skipped": f"--method={trainer.config.method} moves no latents"}
     config = trainer.config
-    pool = min(FLAGS.ascent_pool or trainer.pool_size, trainer.pool_size)
+    pool = FLAGS.ascent_pool or trainer.pool_size
     anchors = pool_anchors(trainer, pool)
-    if pool < trainer.pool_size:  # fill the variable; only the first `pool` are stepped
-        anchors = np.concatenate([anchors, np.repeat(anchors[:1], trainer.pool_size - pool, 0)])
-    trainer.ascent.start_from(anchors)
-    timer = epoch_timer()
-    trainer.ascent.fit(  # the dataset of Trainer.generate_pool
-        training.for_fit(uncertainty.without_autotuning(
-            tf.data.Dataset.range(pool).batch(config.batch_size))),
-        epochs=FLAGS.warmup + FLAGS.repeats, verbose=0, shuffle=False, callbacks=[timer])
-    result = summary(timer.seconds, pool, "latent-steps/s")
-    result.update(pool_size=pool, num_samples=config.num_samples,
+    seconds = []
+    for _ in range(FLAGS.warmup + FLAGS.repeats):
+        start = time.perf_counter()
+        trainer.method.move(0, anchors, trainer.classifier)
+        seconds.append(time.perf_counter() - start)
+    steps = config.ascent_steps if config.method.startswith("tsynd") else 1
+    result = summary(seconds, pool * steps, "latent-steps/s")
+    result.update(pool_size=pool, num_samples=config.num_samples, ascent_steps=steps,
                   batch_size=config.batch_size,
                   mc_passes_per_s=result["median"] * config.num_samples)
     return result
@@ -286,13 +276,12 @@ def measure_mc(trainer) -> dict:
 
 def measure_epoch_and_round(trainer) -> dict:
     """One classifier epoch and one generation round, both exactly as Trainer.run runs them."""
-    from tsynd_tf import models, uncertainty
+    from tsynd_tf import callbacks, uncertainty
 
     watch = Stopwatch()
-    restore = [watch.wrap(trainer, "end_epoch", "epoch_end_total"),
-               watch.wrap(models, "recompute_batch_norm_statistics", "precise_batch_norm"),
-               watch.wrap(trainer, "evaluate", "validation_mc"),
-               watch.wrap(trainer.manager, "save", "checkpoint"),
+    restore = [watch.wrap(callbacks.PreciseBatchNorm, "on_epoch_end", "precise_batch_norm"),
+               watch.wrap(callbacks.MCValidation, "on_epoch_end", "validation_mc"),
+               watch.wrap(callbacks.Checkpoint, "on_epoch_end", "checkpoint"),
                watch.wrap(uncertainty, "mc_predict", "mc_predict")]
     epochs, epoch_parts = [], []
     try:
@@ -306,14 +295,19 @@ def measure_epoch_and_round(trainer) -> dict:
                   "epoch_parts_median_s": median_parts(epoch_parts),
                   "steps_per_epoch": trainer.steps_per_epoch,
                   "labelled": len(trainer.real)}
-        if trainer.ascent is None:
+        if not trainer.method.makes_images:
             return result
+        # The autoencoder's training is not timed: mark it done, so `fit` only hands the
+        # method its labelled images.
+        trainer.ae_epoch.assign(trainer.config.ae_epochs)
+        trainer.method.fit(trainer.real, trainer.dataset.train)
         rounds, round_parts = [], []
-        restore.append(watch.wrap(trainer.ascent, "fit", "ascent"))
-        restore.append(watch.wrap(trainer, "log_pool", "pool_measures_and_summaries"))
+        for name, label in (("move", "ascent"), ("log_pool", "pool_measures_and_summaries")):
+            if hasattr(trainer.method, name):
+                restore.append(watch.wrap(trainer.method, name, label))
         for index in range(FLAGS.warmup + FLAGS.repeats):
             start = time.perf_counter()
-            trainer.generate_pool(index)
+            trainer.pool(index)
             rounds.append(time.perf_counter() - start)
             round_parts.append(watch.take())
     finally:
@@ -408,29 +402,26 @@ def default_output() -> Path:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     unknown = set(FLAGS.only) - {"train", "ascent", "mc", "round"}
     if unknown or FLAGS.repeats < 1 or FLAGS.warmup < 0:
-        raise app.UsageError(f"--only takes train, ascent, mc, round (got {sorted(unknown)});"
+        raise cli.UsageError(f"--only takes train, ascent, mc, round (got {sorted(unknown)});"
                              " --repeats >= 1, --warmup >= 0.")
     if FLAGS.from_json:
         path = Path(FLAGS.from_json)
         path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
         print(path.with_suffix(".md").read_text())
         return
-    train.validate_flags()
+    settings = config.from_flags(FLAGS)
     from tsynd_tf import training
+    from tsynd_tf.runs import RunDir
 
-    names = [f.name for f in FLAGS.get_key_flags_for_module(train)]
     with tempfile.TemporaryDirectory(prefix="tsynd-bench-") as run_dir:
-        FLAGS.output_dir = run_dir
-        FLAGS.verbose = 0
+        settings = dataclasses.replace(settings, output_dir=run_dir, verbose=0)
         start = time.perf_counter()
-        trainer = training.Trainer(FLAGS, {name: FLAGS[name].value for name in names})
+        trainer = training.Trainer(settings, RunDir(run_dir))
         result = {"device": device_info(trainer),
-                  "settings": {name: FLAGS[name].value for name in names
-                               if name not in ("output_dir", "export_dir", "verbose")},
+                  "settings": {k: v for k, v in settings.to_dict().items()
+                               if k not in ("output_dir", "export_dir", "verbose")},
                   "bench": {"repeats": FLAGS.repeats, "warmup": FLAGS.warmup,
                             "bench_steps": FLAGS.bench_steps, "only": FLAGS.only,
                             "command": " ".join(sys.argv)},
@@ -458,4 +449,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

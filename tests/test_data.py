@@ -28,7 +28,7 @@ from tsynd_tf.data import (
     medmnist_path,
     subsample_indices,
 )
-from tsynd_tf.data.image_folder import read_images
+from tsynd_tf.data.image_folder import read_images, shared_groups
 from tsynd_tf.data.medmnist_data import INFO
 from tsynd_tf.data.subsets import subset_size
 
@@ -201,15 +201,55 @@ def test_image_folder_val_split_is_seeded(small_xray_dir):
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(getattr(a, split).images, getattr(b, split).images)
         np.testing.assert_array_equal(getattr(a, split).targets, getattr(b, split).targets)
-    assert a.val.class_counts().tolist() == [2, 2]  # 4 of 40, stratified
+    assert a.val.class_counts().min() > 0 and len(a.val) + len(a.train) == 40  # stratified
     assert not np.array_equal(a.val.images, c.val.images)
+
+
+def _kermany_train_names(chest_xray_dir):
+    names, labels = [], []
+    for label, folder in enumerate(sorted((chest_xray_dir / "train").iterdir())):
+        files = sorted(p.name for p in folder.iterdir())
+        names += files
+        labels += [label] * len(files)
+    return names, np.array(labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kermany_validation_split_keeps_patients_whole(chest_xray_dir, seed):
+    """The real folder's 5,216 training files: the split carved by patient shares none with
+    train and keeps both classes; an image-level split (each file its own group) would share
+    hundreds, which is what the default pattern is for."""
+    from tsynd_tf.data.image_folder import KERMANY_GROUP_PATTERN, carve_validation, file_groups
+
+    names, labels = _kermany_train_names(chest_xray_dir)
+    assert len(set(file_groups(names, KERMANY_GROUP_PATTERN))) == 2846  # patients
+    train, val = carve_validation(names, labels, 0.1, seed, KERMANY_GROUP_PATTERN)
+    pick = lambda idx: [names[i] for i in idx]  # noqa: E731
+    assert shared_groups(pick(train), pick(val), KERMANY_GROUP_PATTERN) == set()
+    assert sorted(np.concatenate([train, val])) == list(range(len(names)))
+    assert set(labels[val]) == {0, 1} and 0.08 < len(val) / len(names) < 0.12
+    train, val = carve_validation(names, labels, 0.1, seed, group_pattern="")
+    assert len(shared_groups(pick(train), pick(val), KERMANY_GROUP_PATTERN)) > 200
+
+
+def test_file_groups_and_bad_patterns():
+    from tsynd_tf.data.image_folder import KERMANY_GROUP_PATTERN, file_groups
+
+    names = ["person12_virus_3.jpeg", "person12_bacteria_9.jpeg", "IM-0115-0001.jpeg",
+             "NORMAL2-IM-1427-0001.jpeg", "scan_7.png"]
+    assert file_groups(names, KERMANY_GROUP_PATTERN) == [
+        "person12", "person12", "IM-0115", "NORMAL2-IM-1427", "scan_7.png"]
+    assert file_groups(names, r"^[a-z]+") == ["person", "person", "IM-0115-0001.jpeg",
+                                              "NORMAL2-IM-1427-0001.jpeg", "scan"]
+    with pytest.raises(DataError, match="--group_pattern"):
+        file_groups(names, "person(")
 
 
 def test_image_folder_three_channels(small_xray_dir):
     data = load_image_folder(small_xray_dir, size=28, channels=3)
     assert data.info.channels == 3
-    assert data.train.images.shape == (36, 28, 28, 3)
-    assert data.val.images.shape == (4, 28, 28, 3)
+    assert data.train.images.shape[1:] == data.val.images.shape[1:] == (28, 28, 3)
+    assert len(data.train) + len(data.val) == 40
     assert data.test.images.shape == (10, 28, 28, 3)
     assert data.train.images.dtype == np.uint8
 

@@ -3,7 +3,6 @@ checkpoint saved under it restored under the default strategy, and a 2-worker
 MultiWorkerMirroredStrategy cluster on 127.0.0.1 whose workers end with the same weights."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -11,25 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN_FLAGS, run_command, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 LOGICAL_CPUS = [sys.executable, str(REPO / "tests" / "logical_cpus.py"), "2"]
-# Every stage runs once: autoencoder, classifier, one generation round (2 ascent steps).
-# epochs_per_round=0 leaves the classifier of epoch 1 as both the best and the last one.
-TINY = ["--train_count=64", "--ae_epochs=1", "--initial_epochs=1", "--rounds=1",
-        "--epochs_per_round=0", "--ascent_steps=2", "--num_samples=4", "--export_dir=",
-        "--verbose=2"]
-
-
-def env(**extra):
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **extra)
-
-
-def run(command, timeout=300, **extra_env):
-    done = subprocess.run(command, env=env(**extra_env), capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
-    return done.stdout + done.stderr
+# Every stage runs once; epochs_per_round=0 leaves the classifier of epoch 1 as both the best
+# and the last one.
+TINY = [*TINY_TRAIN_FLAGS, "--train_count=64", "--epochs_per_round=0"]
 
 
 def train_command(run_dir, medmnist_dir, *extra):
@@ -47,7 +34,8 @@ def classifier_weights(path):
 
 ASCENT_UNDER_BOTH_STRATEGIES = """
 import keras, numpy as np, tensorflow as tf
-from tsynd_tf import data, distribute, generation, models
+from tsynd_tf import data, distribute, models
+from tsynd_tf.synthesis import latent_ascent
 
 pool = 37  # batches of 8: the last one (5) splits 3 + 2 over the replicas
 images = data.load_medmnist("pneumoniamnist", 28, DATA_DIR).train.images[:pool] / 255.0
@@ -60,9 +48,9 @@ for name in ("default", "mirrored"):
         # Deterministic classifier (no dropout): both strategies must ascend identically.
         inputs = keras.Input((28, 28, 1))
         classifier = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
-        ascent = generation.LatentAscent(decoder, classifier, pool, objective="entropy",
-                                         epsilon=0.3, step_size=0.25, num_samples=2,
-                                         multilabel=False)
+        ascent = latent_ascent.LatentAscent(decoder, classifier, pool, objective="entropy",
+                                            epsilon=0.3, step_size=0.25, num_samples=2,
+                                            multilabel=False)
         ascent.compile(optimizer=None)
     ascent.start_from(encoder(images.astype("float32")))
     ascent.fit(tf.data.Dataset.range(pool).batch(8), epochs=3, verbose=0, shuffle=False)
@@ -82,20 +70,20 @@ print("ASCENT OK")
 
 def test_latent_ascent_under_mirrored_strategy_matches_default(medmnist_dir):
     code = ASCENT_UNDER_BOTH_STRATEGIES.replace("DATA_DIR", repr(str(medmnist_dir)))
-    assert "ASCENT OK" in run([*LOGICAL_CPUS, "-c", code])
+    assert "ASCENT OK" in run_command([*LOGICAL_CPUS, "-c", code], timeout=300)
 
 
 def test_mirrored_training_restores_under_default_strategy(tmp_path, medmnist_dir):
-    output = run([*LOGICAL_CPUS, *train_command(tmp_path, medmnist_dir)[1:],
-                  "--strategy=mirrored"])
+    output = run_command([*LOGICAL_CPUS, *train_command(tmp_path, medmnist_dir)[1:],
+                          "--strategy=mirrored"], timeout=300)
     assert "'replicas': 2" in output and "test ACC" in output
     assert (tmp_path / "synthetic" / "round_00.npz").is_file()
     first = json.loads((tmp_path / "results.json").read_text())
 
     # The same run under the default strategy: the mirrored checkpoint restores (every
     # object matched) and nothing is trained again.
-    output = run([sys.executable, *train_command(tmp_path, medmnist_dir),
-                  "--strategy=default"])
+    output = run_command([sys.executable, *train_command(tmp_path, medmnist_dir),
+                          "--strategy=default"], timeout=300)
     assert "Resumed from" in output
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["classifier_epochs"] == first["classifier_epochs"] == 1
@@ -134,7 +122,7 @@ def test_multi_worker_training_gives_every_worker_the_same_model(tmp_path, medmn
         processes.append(subprocess.Popen(
             [sys.executable, *train_command(tmp_path / "run", medmnist_dir),
              "--strategy=multi_worker"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env=env(TF_CONFIG=tf_config, TF_NUM_INTRAOP_THREADS="1")))
+            env=subprocess_env(TF_CONFIG=tf_config, TF_NUM_INTRAOP_THREADS="1")))
     try:
         codes = [p.wait(timeout=300) for p in processes]
     finally:
@@ -168,7 +156,7 @@ def test_multi_worker_training_gives_every_worker_the_same_model(tmp_path, medmn
                                                            (48, 16, 4), (45, 19, 2)])
 def test_mixed_batches_give_every_replica_the_same_share_of_synthetic_rows(
         n_real, n_synthetic, replicas):
-    from tsynd_tf.training import interleaving_order
+    from tsynd_tf.data.pipeline import interleaving_order
 
     order = interleaving_order(n_real, n_synthetic)
     assert sorted(order) == list(range(n_real + n_synthetic))

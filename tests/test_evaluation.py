@@ -1,44 +1,17 @@
 """Evaluation metrics, attacks, corruptions and the evaluate CLI on real PneumoniaMNIST."""
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
+from conftest import run_module
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from tsynd_tf import evaluation
-from tsynd_tf.data import DatasetInfo, make_pipeline
+from tsynd_tf.data import DatasetInfo
 from tsynd_tf.models import build_classifier
 
 NUM_SAMPLES, BATCH = 4, 128
 NUM_TEST = 256  # first test images: enough to see attacks, small enough for 2 CPU cores
-
-
-@pytest.fixture(scope="module")
-def classifier(pneumonia):
-    """small_cnn trained for 2 epochs on 1000 training images (a few seconds)."""
-    keras.utils.set_random_seed(0)
-    images, targets = pneumonia.train.images[:1000], pneumonia.train.targets[:1000]
-    model = build_classifier("small_cnn", 28, 1, pneumonia.info.num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(make_pipeline(images, targets, 32, shuffle=True), epochs=2, verbose=0,
-              shuffle=False)
-    # After 64 steps the BatchNorm moving averages still lag the fast-moving weights (even at
-    # momentum 0.9): the inference-mode model predicts one class. Recompute them on the
-    # training images ("precise BN", Wu & Johnson 2021) so the attacks have a real classifier.
-    batch_norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in batch_norms]
-    for layer in batch_norms:
-        layer.momentum = 0.0
-    model(evaluation.to_unit_float(images), training=True)
-    for layer, momentum in zip(batch_norms, momenta):
-        layer.momentum = momentum
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -88,27 +61,30 @@ def test_multilabel_metrics():
     assert 0.0 <= metrics["ece"] <= 1.0 and np.isfinite(metrics["nll"])
 
 
-def test_sigma_zero_reproduces_clean_exactly(classifier, test_split, pneumonia):
-    results = _evaluate(classifier, test_split, pneumonia.info, gaussian_sigmas=[0.0, 0.2])
+def test_sigma_zero_reproduces_clean_exactly(trained_classifier, test_split, pneumonia):
+    results = _evaluate(trained_classifier, test_split, pneumonia.info,
+                        gaussian_sigmas=[0.0, 0.2])
     # Same images and the same dropout masks (the RNG is reset per condition): identical.
     for metric in evaluation.SUMMARY_METRICS:
         assert results[f"gaussian_0/{metric}"] == results[f"test/{metric}"], metric
     assert results["gaussian_0.2/nll"] != results["test/nll"]
     assert results["test/acc"] > 0.7, "the fixture classifier should have learned something"
-    again = _evaluate(classifier, test_split, pneumonia.info)
+    again = _evaluate(trained_classifier, test_split, pneumonia.info)
     assert again["test/acc"] == results["test/acc"] and again["test/nll"] == results["test/nll"]
 
 
-def test_evaluation_leaves_the_dropout_rng_as_it_was(classifier, test_split):
-    states = [v for v in classifier.non_trainable_variables if "seed_generator" in v.path]
+def test_evaluation_leaves_the_dropout_rng_as_it_was(trained_classifier, test_split):
+    states = [v for v in trained_classifier.non_trainable_variables
+              if "seed_generator" in v.path]
     before = [v.numpy().copy() for v in states]
-    evaluation.MCPredictor(classifier, NUM_SAMPLES, multilabel=False).predict(test_split[0][:8])
+    evaluation.MCPredictor(trained_classifier, NUM_SAMPLES, multilabel=False).predict(
+        test_split[0][:8])
     for state, value in zip(states, before):
         np.testing.assert_array_equal(state.numpy(), value)
 
 
-def test_attacks_lower_accuracy(classifier, test_split, pneumonia):
-    results = _evaluate(classifier, test_split, pneumonia.info, fgsm_epsilons=[0.03],
+def test_attacks_lower_accuracy(trained_classifier, test_split, pneumonia):
+    results = _evaluate(trained_classifier, test_split, pneumonia.info, fgsm_epsilons=[0.03],
                         pgd_epsilons=[0.002, 0.03], pgd_steps=5)
     clean = results["test/acc"]
     # Dropout masks are common to all conditions, so the remaining MC noise is the attack's
@@ -118,10 +94,10 @@ def test_attacks_lower_accuracy(classifier, test_split, pneumonia):
     assert results["pgd_0.03/acc"] < clean - 0.1
 
 
-def test_pgd_stays_in_the_epsilon_ball(classifier, test_split):
+def test_pgd_stays_in_the_epsilon_ball(trained_classifier, test_split):
     images, targets = test_split
     clean = evaluation.to_unit_float(images[:64])
-    predictor = evaluation.MCPredictor(classifier, NUM_SAMPLES, multilabel=False)
+    predictor = evaluation.MCPredictor(trained_classifier, NUM_SAMPLES, multilabel=False)
     adversarial = predictor.pgd(clean, targets[:64], epsilon=0.01, steps=3)
     assert adversarial.dtype == np.float32 and adversarial.shape == clean.shape
     assert np.abs(adversarial - clean).max() <= 0.01 + 1e-6
@@ -158,45 +134,43 @@ def test_corrupt_rejects_bad_input(pneumonia):
         evaluation.corrupt(pneumonia.test.images[:2], "pixelate", 6)
 
 
-def test_evaluate_cli_writes_results(classifier, pneumonia, medmnist_dir, tmp_path):
-    info = pneumonia.info
-    config = {
-        "flags": {"dataset": "pneumoniamnist", "size": 28, "data_dir": str(medmnist_dir),
-                  "train_fraction": 1.0, "seed": 0, "num_samples": 2, "batch_size": 128},
-        "dataset": {"name": info.name, "task": info.task, "class_names": list(info.class_names),
-                    "size": info.size, "channels": info.channels},
-    }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    classifier.save(tmp_path / "classifier.keras")
-    done = _run_cli(f"--run_dir={tmp_path}", "--max_examples=64", "--gaussian_sigmas=0,0.1",
-                    "--fgsm_epsilons=0.01", "--pgd_epsilons=0.01", "--pgd_steps=2",
-                    "--corruptions", timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "pgd_0.01" in done.stdout and "corruption/mean_balanced_error" in done.stdout
+def test_evaluate_cli_writes_results(write_run_dir, tmp_path):
+    run_dir = write_run_dir(tmp_path, num_samples=2, eval_batch_size=128)
+    output = run_module("tsynd_tf.evaluate", f"--run_dir={run_dir}", "--max_examples=64",
+                        "--gaussian_sigmas=0,0.1", "--fgsm_epsilons=0.01",
+                        "--pgd_epsilons=0.01", "--pgd_steps=2", "--corruptions", timeout=300)
+    assert "pgd_0.01" in output.stdout and "corruption/mean_balanced_error" in output.stdout
 
-    written = json.loads((tmp_path / "eval_test.json").read_text())
-    metrics = written["metrics"]
-    assert written["settings"]["num_examples"] == 64 and written["settings"]["num_samples"] == 2
+    written = run_dir.read_eval("test")
+    metrics, settings = written["metrics"], written["settings"]
+    # --num_samples and --batch_size default to the run's num_samples and eval_batch_size.
+    assert settings["num_examples"] == 64
+    assert (settings["num_samples"], settings["batch_size"]) == (2, 128)
     assert metrics["gaussian_0/acc"] == metrics["test/acc"]
     assert {"fgsm_0.01/acc", "pgd_0.01/acc", "corruption/pixelate_5/acc",
             "corruption/gamma_corr_down/balanced_error",
             "corruption/mean_balanced_error_minus_clean"} <= set(metrics)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "classifier.keras", "config.json", "eval_test.json"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(  # no temporary file left
+        p.name for p in (run_dir.classifier_file, run_dir.config_file, run_dir.eval_file("test")))
 
 
-def _run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "tsynd_tf.evaluate", *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-
-
-def test_evaluate_cli_explains_a_bad_run_dir(tmp_path):
-    done = _run_cli(f"--run_dir={tmp_path / 'nope'}")
-    assert done.returncode != 0 and "must be an existing training run" in done.stderr
-    done = _run_cli(f"--run_dir={tmp_path}")
-    assert done.returncode != 0 and "config.json is missing" in done.stderr
+def test_evaluate_cli_explains_bad_input(write_run_dir, tmp_path):
+    output = run_module("tsynd_tf.evaluate", f"--run_dir={tmp_path / 'nope'}", exit_code=2,
+                        timeout=120)
+    assert "evaluate: error:" in output.stderr
+    assert "must be an existing training run" in output.stderr
+    output = run_module("tsynd_tf.evaluate", f"--run_dir={tmp_path}", exit_code=2, timeout=120)
+    assert "evaluate: error:" in output.stderr and "config.json is missing" in output.stderr
+    assert "Traceback" not in output.stderr
     assert not list(tmp_path.iterdir())
+    run_dir = write_run_dir(tmp_path / "run")
+    output = run_module("tsynd_tf.evaluate", f"--run_dir={run_dir}", "--pgd_epsilons=0.5,x",
+                        exit_code=2, timeout=120)
+    assert "evaluate: error: --pgd_epsilons must be a comma-separated list" in output.stderr
+    output = run_module("tsynd_tf.evaluate", f"--run_dir={run_dir}", "stray", exit_code=2,
+                        timeout=120)
+    assert "unexpected arguments ['stray']" in output.stderr
+    assert not run_dir.eval_file("test").exists()
 
 
 def test_multilabel_evaluation_runs_end_to_end():

@@ -6,47 +6,26 @@ cannot be imported into one process.
 """
 
 import json
-import os
 import re
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN_COUNT, TINY_TRAIN_FLAGS, run_module
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tsynd_tf import evaluation, explain, fileio, runs
 
-REPO = Path(__file__).resolve().parents[1]
 # Every stage runs (autoencoder, classifier, one generation round) in ~15 s per cell.
-TINY_CONFIG = """\
---dataset=pneumoniamnist
---train_count=32
---ae_epochs=1
---initial_epochs=1
---rounds=1
---epochs_per_round=1
---ascent_steps=2
---num_samples=2
---synthesis=residual
-"""
+TINY_CONFIG = "\n".join([*TINY_TRAIN_FLAGS, "--synthesis=residual"]) + "\n"
 EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 --pgd_steps=1 "
              "--max_examples=64")
 METHODS = ("baseline", "tsynd_mi")
 FIGURES = ("accuracy_vs_fraction.png", "robustness.png", "mi_histograms.png",
            "synthetic_tiny.png", "grad_cam_tiny.png")
-
-
-def run_module(module: str, *args: str, data_dir: Path, succeeds: bool = True) -> str:
-    env = dict(os.environ, TSYND_DATA_DIR=str(data_dir), TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert (done.returncode == 0) == succeeds, done.stdout + done.stderr
-    return done.stdout + done.stderr
 
 
 def run_sweep(config: Path, sweep_dir: Path, data_dir: Path) -> str:
@@ -67,7 +46,7 @@ def sweep(tmp_path_factory, medmnist_dir):
 
 
 def results_lines(sweep_dir: Path) -> list[str]:
-    return (sweep_dir / runs.SWEEP_RESULTS_FILE).read_text().splitlines()
+    return runs.SweepDir(sweep_dir).results_file.read_text().splitlines()
 
 
 # ----------------------------------------------------------------------------- runner
@@ -80,13 +59,15 @@ def test_sweep_writes_its_plan_then_one_result_line_per_cell(sweep):
     assert plan["sweep_command"] == records[0]["sweep_command"]
     assert sorted(r["cell"] for r in records) == ["tiny_baseline_s0", "tiny_tsynd_mi_s0"]
     for record in records:
-        assert record["dataset"] == "pneumoniamnist" and record["train_count"] == 32
+        assert record["dataset"] == "pneumoniamnist"
+        assert record["train_count"] == TINY_TRAIN_COUNT
         assert record["seed"] == 0 and set(record["seconds"]) == {"train", "evaluate"}
-        assert Path(record["run_dir"]) == sweep["sweep_dir"] / "runs" / record["cell"]
+        assert Path(record["run_dir"]) == runs.SweepDir(sweep["sweep_dir"]).run(
+            record["cell"]).path
         for key in ("test/acc", "test/auc", "test/ece", "gaussian_0.1/acc", "fgsm_0.01/acc",
                     "pgd_0.01/acc"):
             assert 0.0 <= record["metrics"][key] <= 1.0, key
-        assert record["training"]["num_labelled"] == 32
+        assert record["training"]["num_labelled"] == TINY_TRAIN_COUNT
         assert record["started"] <= record["finished"]  # UTC ISO strings sort by time
         assert record["sweep_command"].startswith("python -m tsynd_tf.experiment --configs=")
 
@@ -102,7 +83,7 @@ def test_restarted_sweep_runs_nothing(sweep):
 
 
 def test_torn_last_line_is_ignored_and_next_append_starts_a_new_line(tmp_path):
-    path = tmp_path / runs.SWEEP_RESULTS_FILE
+    path = runs.SweepDir(tmp_path).results_file
     fileio.append_json_line(path, {"cell": "a", "metrics": {}})
     fileio.append_json_line(path, {"cell": "b", "metrics": {}})
     with open(path, "a") as f:
@@ -126,7 +107,7 @@ def report(sweep, tmp_path_factory):
     copied = root / "copied_sweep"
     copied.mkdir()
     lines = results_lines(sweep["sweep_dir"])
-    (copied / "results.jsonl").write_text("\n".join(lines) + '\n{"cell": "torn", "met')
+    runs.SweepDir(copied).results_file.write_text("\n".join(lines) + '\n{"cell": "torn", "met')
     page_path = root / "docs" / "RESULTS.md"
     log = run_module("tsynd_tf.report", f"--sweep_dir={copied}", f"--output={page_path}",
                      "--title=Tiny sweep", data_dir=sweep["data_dir"])
@@ -149,6 +130,9 @@ def test_report_tables_have_a_row_per_method(report):
         assert len(cells) == 11  # method, n, 6 metrics, val AUC, pre-synth., min/cell
         record = next(r for r in report["records"] if r["method"] == method)
         assert cells[8] == f"{record['training']['val/auc']:.3f}"  # selection criterion
+        # pre-synth.: the recorded selected epoch against the one initial (real-only) epoch.
+        epoch = record["training"]["selected_epoch"]
+        assert cells[9] == ("–" if method == "baseline" else f"{int(epoch <= 1)}/1")
     overview = [line for line in page.splitlines() if line.startswith("| `tiny` | 32 |")]
     assert [row.split("|")[3].strip() for row in overview] == [f"`{m}`" for m in METHODS]
     assert "Gaussian σ=0.1" in page and "FGSM ε=0.01" in page and "PGD ε=0.01" in page
@@ -161,7 +145,7 @@ def test_report_names_the_planned_cells_a_stopped_sweep_left(sweep, tmp_path):
     unfinished; the page counts them from the plan line and names them."""
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    (sweep_dir / runs.SWEEP_RESULTS_FILE).write_text(
+    runs.SweepDir(sweep_dir).results_file.write_text(
         "\n".join(results_lines(sweep["sweep_dir"])) + "\n")
     log = run_module("tsynd_tf.experiment", f"--configs={sweep['config']}",
                      f"--methods={','.join(METHODS)}", "--num_seeds=2",

@@ -1,79 +1,46 @@
-"""Export to a TF Serving SavedModel and the predict CLI, on a tiny classifier trained on
-real PneumoniaMNIST and on real chest X-ray JPEGs."""
+"""Export to a TF Serving SavedModel and the predict CLI, on the shared trained classifier
+(conftest.trained_classifier) and on real chest X-ray JPEGs."""
 
 import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_command, run_module
 
 from tsynd_tf.models import seed_generator_states
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 10
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-
-
-def _run(args, **kwargs):
-    return subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=300, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def trained(pneumonia):
-    import keras
-
-    from tsynd_tf.data import make_pipeline
-    from tsynd_tf.models import build_classifier
-
-    keras.utils.set_random_seed(0)
-    info = pneumonia.info
-    classifier = build_classifier("small_cnn", info.size, info.channels, info.num_classes)
-    classifier.compile(keras.optimizers.Adam(1e-3),
-                       keras.losses.CategoricalCrossentropy(from_logits=True))
-    train = pneumonia.train.subset(np.arange(512))
-    classifier.fit(make_pipeline(train.images, train.targets, 16, shuffle=True, seed=0),
-                   epochs=2, shuffle=False, verbose=0)
-    return classifier
-
-
-@pytest.fixture(scope="module")
-def exported(trained, pneumonia, medmnist_dir, tmp_path_factory):
+def exported(trained_classifier, write_run_dir, pneumonia, tmp_path_factory):
     """Version 1 by the CLI from a run folder, version 2 in-process (as training does)."""
     from tsynd_tf.serving import choose_mi_threshold, export_classifier
 
     info = pneumonia.info
     root = tmp_path_factory.mktemp("export")
-    run_dir = root / "run"
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({
-        "flags": {"dataset": "pneumoniamnist", "size": 28, "data_dir": str(medmnist_dir),
-                  "seed": 0, "num_samples": NUM_SAMPLES, "classifier": "small_cnn"},
-        "dataset": {"name": info.name, "task": info.task,
-                    "class_names": list(info.class_names), "size": info.size,
-                    "channels": info.channels}}))
-    trained.save(run_dir / "classifier.keras")
+    run_dir = write_run_dir(root / "run", num_samples=NUM_SAMPLES)
     base = root / "saved_models"
-    cli = _run([sys.executable, "-m", "tsynd_tf.export", f"--run_dir={run_dir}",
-                f"--export_dir={base}", f"--name={info.name}"])
-    assert cli.returncode == 0, cli.stderr[-3000:]
+    cli = run_module("tsynd_tf.export", f"--run_dir={run_dir}", f"--export_dir={base}",
+                     f"--name={info.name}", timeout=300)
 
-    threshold, _ = choose_mi_threshold(trained, pneumonia.val.images, info, NUM_SAMPLES)
-    path = export_classifier(trained, info, NUM_SAMPLES, threshold, base)
+    threshold, _ = choose_mi_threshold(trained_classifier, pneumonia.val.images, info,
+                                       NUM_SAMPLES)
+    path = export_classifier(trained_classifier, info, NUM_SAMPLES, threshold, base)
     # The SavedModel holds the dropout RNG state as it is now: the fresh process's first
     # call draws the same masks as an in-process call from this state.
-    states = [v.numpy() for v in seed_generator_states(trained)]
-    return {"base": base, "cli": base / info.name / "1", "inprocess": path,
+    states = [v.numpy() for v in seed_generator_states(trained_classifier)]
+    return {"base": base, "cli": base / info.name / "1", "inprocess": path, "run_dir": run_dir,
             "threshold": threshold, "states": states, "cli_out": cli.stdout}
 
 
-def test_layout_and_atomicity(exported, trained, pneumonia):
+def test_layout_and_atomicity(exported, trained_classifier, pneumonia):
     from tsynd_tf.serving import ExportError, export_classifier
 
     model_dir = exported["base"] / "pneumoniamnist"
@@ -82,11 +49,43 @@ def test_layout_and_atomicity(exported, trained, pneumonia):
     for version in ("1", "2"):
         assert (model_dir / version / "saved_model.pb").is_file()
         assert (model_dir / version / "variables").is_dir()
+        assert oct((model_dir / version).stat().st_mode & 0o777) == "0o755"  # others read it
     assert "Exported pneumoniamnist" in exported["cli_out"]
     with pytest.raises(ExportError, match="already exists"):
-        export_classifier(trained, pneumonia.info, NUM_SAMPLES, 0.1, exported["base"],
-                          version=1)
+        export_classifier(trained_classifier, pneumonia.info, NUM_SAMPLES, 0.1,
+                          exported["base"], version=1)
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]
+
+
+def test_atomic_writes_publish_all_or_nothing(tmp_path):
+    """fileio's two primitives, which export, predict and the run directory write through."""
+    from tsynd_tf import fileio
+
+    target = tmp_path / "1"
+    with pytest.raises(FileExistsError, match="appeared"):
+        with fileio.atomic_directory(target) as tmp:
+            (tmp / "saved_model.pb").write_text("new")
+            target.mkdir()  # another export took this version meanwhile
+    assert [p.name for p in tmp_path.iterdir()] == ["1"] and not list(target.iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.atomic_path(tmp_path / "a.json") as tmp:
+            tmp.write_text("torn")
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["1"]
+    with fileio.atomic_path(tmp_path / "a.json") as tmp:
+        tmp.write_text("whole")
+    assert (tmp_path / "a.json").read_text() == "whole"
+    assert oct((tmp_path / "a.json").stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "a.json"]
+
+
+def test_export_cli_refuses_an_existing_version(exported):
+    output = run_module("tsynd_tf.export", f"--run_dir={exported['run_dir']}",
+                        f"--export_dir={exported['base']}", "--name=pneumoniamnist",
+                        "--version=1", "--mi_threshold=0.1", exit_code=2, timeout=300)
+    assert "export: error:" in output.stderr and "already exists" in output.stderr
+    assert "Traceback" not in output.stderr
+    assert sorted(p.name for p in (exported["base"] / "pneumoniamnist").iterdir()) == ["1", "2"]
 
 
 FRESH = textwrap.dedent("""
@@ -112,7 +111,7 @@ FRESH = textwrap.dedent("""
 """)
 
 
-def test_fresh_process_matches_in_process(exported, trained, pneumonia, tmp_path):
+def test_fresh_process_matches_in_process(exported, trained_classifier, pneumonia, tmp_path):
     """Plain tf.saved_model.load, no project code: same numbers as the Keras model.
 
     MC dropout is random, so the comparison pins the randomness instead of averaging it out:
@@ -130,17 +129,16 @@ def test_fresh_process_matches_in_process(exported, trained, pneumonia, tmp_path
     images = pneumonia.test.images[:128]
     np.save(tmp_path / "x.npy", images)
     out = tmp_path / "out.npz"
-    fresh = _run([sys.executable, "-c", FRESH, str(exported["inprocess"]),
-                  str(tmp_path / "x.npy"), str(out)])
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    run_command([sys.executable, "-c", FRESH, exported["inprocess"], tmp_path / "x.npy", out],
+                timeout=300)
     got = np.load(out)
     meta = json.loads(Path(str(out) + ".json").read_text())
 
-    for variable, value in zip(seed_generator_states(trained), exported["states"]):
+    for variable, value in zip(seed_generator_states(trained_classifier), exported["states"]):
         variable.assign(value)
     x = tf.cast(images, tf.float32) / 255.0
     ref = {k: v.numpy() for k, v in
-           uncertainty_from_logits(mc_logits(trained, x, NUM_SAMPLES)).items()}
+           uncertainty_from_logits(mc_logits(trained_classifier, x, NUM_SAMPLES)).items()}
 
     assert got["probabilities"].shape == (128, 2) and got["probabilities"].dtype == np.float32
     assert got["predicted_class"].dtype == np.int64
@@ -184,10 +182,8 @@ def test_cli_threshold_is_validation_quantile(exported):
 
 
 def test_saved_model_cli_shows_signatures(exported):
-    cli = _run([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--all",
-                "--dir", str(exported["cli"])])
-    assert cli.returncode == 0, cli.stderr[-3000:]
-    text = cli.stdout
+    text = run_command([Path(sys.executable).parent / "saved_model_cli", "show", "--all",
+                        "--dir", exported["cli"]], timeout=300).stdout
     serving = text.split("signature_def['serving_default']")[1]
     assert "inputs['images'] tensor_info:" in serving
     assert "dtype: DT_UINT8" in serving and "shape: (-1, 28, 28, 1)" in serving
@@ -215,16 +211,18 @@ def xray_folder(chest_xray_dir, tmp_path_factory):
 def test_predict_cli(exported, xray_folder, tmp_path):
     folder, good = xray_folder
     output = tmp_path / "out" / "preds.csv"
-    result = _run([sys.executable, "-m", "tsynd_tf.predict",
-                   f"--model={exported['cli'].parent}",  # model name folder: latest version
-                   f"--output={output}", "--batch_size=16", "--show=5", str(folder)])
-    assert result.returncode == 1, result.stderr[-3000:]
+    result = run_module("tsynd_tf.predict",
+                        f"--model={exported['cli'].parent}",  # model name folder: latest
+                        f"--output={output}", "--batch_size=16", "--show=5", folder,
+                        exit_code=1, timeout=300)  # 1: the work ran, one file failed
     assert str(folder / "corrupt.jpeg") in result.stderr
+    assert "predict: error: 1 file(s) could not be read" in result.stderr
     assert "40 image(s) classified" in result.stdout and "1 unreadable" in result.stdout
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["file"] for r in rows) == sorted(good)
     assert os.listdir(output.parent) == ["preds.csv"]  # the temporary file was renamed
+    assert oct(output.stat().st_mode & 0o777) == "0o644"
     threshold = json.loads((exported["inprocess"] / "assets.extra" /
                             "tsynd_metadata.json").read_text())["mi_threshold"]
     for row in rows:
@@ -235,47 +233,62 @@ def test_predict_cli(exported, xray_folder, tmp_path):
         assert row["refer"] == str(int(float(row["mi"]) > threshold))
 
 
+class _Lines:
+    """A stand-in for stderr that keeps what is written."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, text):
+        self.lines.append(text)
+
+    def flush(self):
+        pass
+
+
 def test_predict_json_in_process(exported, xray_folder, tmp_path):
-    from tsynd_tf.predict import AtomicWriter, load_model, predict
+    from tsynd_tf.predict import load_model, open_output, predict
 
     folder, good = xray_folder
     serve, metadata = load_model(exported["cli"])
     assert metadata["class_names"] == ["normal", "pneumonia"]
-    output = tmp_path / "preds.json"
-    writer = AtomicWriter(output, metadata["class_names"], {"mi_threshold": 0.0})
-    errors = []
-
-    class Err:
-        def write(self, text):
-            errors.append(text)
-
-        def flush(self):
-            pass
-
-    shown, counts, referred, classified, failed = predict(
-        serve, metadata, [good[0], good[-1], str(folder / "corrupt.jpeg")],
-        batch_size=2, mi_threshold=0.0, writer=writer, err=Err())
-    writer.commit(failed)
+    output, err = tmp_path / "preds.json", _Lines()
+    with open_output(output, metadata["class_names"], {"mi_threshold": 0.0}) as writer:
+        shown, counts, referred, classified, failed = predict(
+            serve, metadata, [good[0], good[-1], str(folder / "corrupt.jpeg")],
+            batch_size=2, mi_threshold=0.0, writer=writer, err=err)
+        assert not output.exists()  # published only when complete
     data = json.loads(output.read_text())
     assert [p["file"] for p in data["predictions"]] == [good[0], good[-1]]
-    assert data["failed"] == [str(folder / "corrupt.jpeg")]
+    assert data["failed"] == failed == [str(folder / "corrupt.jpeg")]
     assert classified == 2 and referred == 2 and sum(counts.values()) == 2  # threshold 0
-    assert any("corrupt.jpeg" in e for e in errors)
+    assert any("corrupt.jpeg" in line for line in err.lines)
+
+    with pytest.raises(KeyboardInterrupt):  # an interrupted run leaves no file, not a torn one
+        with open_output(tmp_path / "torn.csv", metadata["class_names"], {}) as writer:
+            predict(serve, metadata, good[:2], writer=writer, err=err)
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.json"]
 
 
-def test_predict_rejects_non_models(trained, tmp_path):
+def test_predict_rejects_non_models_and_bad_arguments(trained_classifier, tmp_path):
     from tsynd_tf.predict import ModelError, load_model
 
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()
     (not_a_model / "readme.txt").write_text("hello")
-    result = _run([sys.executable, "-m", "tsynd_tf.predict", f"--model={not_a_model}",
-                   str(tmp_path)])
-    assert result.returncode == 2
+    result = run_module("tsynd_tf.predict", f"--model={not_a_model}", tmp_path, exit_code=2,
+                        timeout=300)
+    assert "predict: error:" in result.stderr
     assert "holds no SavedModel" in result.stderr and str(not_a_model) in result.stderr
     assert "Traceback" not in result.stderr
+    result = run_module("tsynd_tf.predict", f"--model={not_a_model}", exit_code=2)
+    assert "predict: error: name at least one image file or folder" in result.stderr
+    result = run_module("tsynd_tf.predict", f"--model={not_a_model}", "--output=preds.txt",
+                        tmp_path, exit_code=2)
+    assert "predict: error: --output must end in .csv or .json" in result.stderr
 
     plain = tmp_path / "plain"  # a SavedModel, but not ours: no metadata signature
-    trained.export(str(plain), verbose=False)
+    trained_classifier.export(str(plain), verbose=False)
     with pytest.raises(ModelError, match="not one exported by tsynd_tf.export"):
         load_model(plain)

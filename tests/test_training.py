@@ -1,7 +1,6 @@
 """The training CLI end to end on real PneumoniaMNIST: run, kill, resume, summaries."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,24 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN_FLAGS, run_module, subprocess_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-# Small but complete: every stage runs, two generation rounds.
-TINY = ["--train_count=64", "--ae_epochs=2", "--initial_epochs=2", "--rounds=2",
-        "--epochs_per_round=2", "--ascent_steps=2", "--num_samples=4", "--export_dir=",
-        "--verbose=2"]
+# Small but complete: every stage runs, two generation rounds of 64-image pools.
+TINY = [*TINY_TRAIN_FLAGS, "--train_count=64", "--ae_epochs=2", "--initial_epochs=2",
+        "--rounds=2", "--epochs_per_round=2"]
 
 
 def train(run_dir, medmnist_dir, *extra, wait=True):
-    command = [sys.executable, "-m", "tsynd_tf.train", f"--data_dir={medmnist_dir}",
-               f"--output_dir={run_dir}", *TINY, *extra]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    args = [f"--data_dir={medmnist_dir}", f"--output_dir={run_dir}", *TINY, *extra]
     if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "tsynd_tf.train", *args],
+                                env=subprocess_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
+    return run_module("tsynd_tf.train", *args)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +58,38 @@ def test_tensorboard_events_read_back(uninterrupted):
         assert tag in tags, (tag, sorted(tags))
     assert len(events.Tensors("val/auc")) == 6  # one per classifier epoch
     assert len(events.Tensors("generation/mi_synthetic")) == 2  # one per round
+
+
+def test_selected_epoch_is_the_first_best_val_auc(uninterrupted):
+    """results.json names the epoch whose weights classifier.keras holds (the report reads
+    it there): the first epoch whose val AUC beat every earlier one."""
+    from tensorboard.util import tensor_util
+
+    run_dir, _ = uninterrupted
+    events = EventAccumulator(str(run_dir / "tensorboard"),
+                              size_guidance={"tensors": 0}).Reload()
+    aucs = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("val/auc")]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["selected_epoch"] == 1 + aucs.index(max(aucs))
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert selection["epoch"] == results["selected_epoch"]
+    assert selection["val_auc"] == pytest.approx(max(aucs))
+
+
+def test_in_process_run_equals_the_command_line_run(uninterrupted, tmp_path, medmnist_dir):
+    """A TrainConfig built in Python trains the same run as the flags do."""
+    from tsynd_tf import training
+    from tsynd_tf.config import TrainConfig
+    from tsynd_tf.runs import RunDir
+
+    reference, _ = uninterrupted
+    config = TrainConfig(train_count=64, ae_epochs=2, initial_epochs=2, rounds=2,
+                         epochs_per_round=2, ascent_steps=2, num_samples=4, export_dir="",
+                         verbose=0, data_dir=str(medmnist_dir), output_dir=str(tmp_path))
+    results = training.Trainer(config, RunDir(tmp_path)).run()
+    expected = json.loads((reference / "results.json").read_text())
+    results.pop("seconds_this_session"), expected.pop("seconds_this_session")
+    assert results == expected
 
 
 def _pool_written(run_dir: Path) -> bool:
@@ -117,31 +145,30 @@ def test_image_folder_run_with_a_relative_data_dir_evaluates_from_elsewhere(
         small_xray_dir, tmp_path):
     """The path users with their own images take: train on a folder given relative to the
     working directory, then evaluate the run from another one."""
+    import os
     import shutil
 
     work = tmp_path / "work"
     shutil.copytree(small_xray_dir, work / "xray")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TSYND_DATA_DIR", None)
+    env = subprocess_env()
+    env.pop("TSYND_DATA_DIR")
     repo = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-m", "tsynd_tf.train", "--dataset=folder", "--data_dir=xray",
-         "--size=28", "--train_fraction=1.0", "--ae_epochs=1", "--initial_epochs=1",
-         "--rounds=1", "--epochs_per_round=1", "--ascent_steps=1", "--num_samples=2",
-         "--output_dir=run", "--export_dir=", "--verbose=2"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_module("tsynd_tf.train", *TINY_TRAIN_FLAGS, "--dataset=folder", "--data_dir=xray",
+               "--size=28", "--train_fraction=1.0", "--train_count=0", "--ascent_steps=1",
+               "--num_samples=2", "--output_dir=run", cwd=work, env=env)
     flags = json.loads((work / "run" / "config.json").read_text())["flags"]
     assert flags["data_dir"] == str(work / "xray")
+    # The split is recorded file by file, carved by patient: no patient on both sides.
+    split = json.loads((work / "run" / "split.json").read_text())
+    assert split["shared_train_val_groups"] == []
+    assert len(split["train"]) + len(split["val"]) == 40 and len(split["test"]) == 10
+    assert {Path(f).parts[1] for f in split["val"]} == {"NORMAL", "PNEUMONIA"}
     results = json.loads((work / "run" / "results.json").read_text())
-    assert results["num_labelled"] == 36 and results["num_synthetic"] == 36  # 40 - 4 val
+    assert results["num_labelled"] == results["num_synthetic"] == len(split["train"])
 
-    done = subprocess.run(
-        [sys.executable, "-m", "tsynd_tf.evaluate", f"--run_dir={work / 'run'}",
-         "--gaussian_sigmas=0", "--fgsm_epsilons=", "--pgd_epsilons="],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_module("tsynd_tf.evaluate", f"--run_dir={work / 'run'}", "--gaussian_sigmas=0",
+               "--fgsm_epsilons=", "--pgd_epsilons=", cwd=tmp_path, env=env)
     evaluation = json.loads((work / "run" / "eval_test.json").read_text())
     assert evaluation["settings"]["num_examples"] == 10
     assert evaluation["metrics"]["test/acc"] == pytest.approx(results["test/acc"])
@@ -149,25 +176,28 @@ def test_image_folder_run_with_a_relative_data_dir_evaluates_from_elsewhere(
 
 def test_resuming_with_other_flags_is_refused(uninterrupted, medmnist_dir):
     run_dir, _ = uninterrupted
-    command = [sys.executable, "-m", "tsynd_tf.train", f"--data_dir={medmnist_dir}",
-               f"--output_dir={run_dir}", *TINY, "--seed=5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
+    done = run_module("tsynd_tf.train", f"--data_dir={medmnist_dir}",
+                      f"--output_dir={run_dir}", *TINY, "--seed=5", exit_code=2, timeout=300)
     assert "other settings" in done.stderr and "seed" in done.stderr
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--train_fraction=1.5", "--train_fraction must be in (0, 1]"),
-    ("--size=32", "--size must be one of"),
-    ("--num_samples=1", "--num_samples must be >= 2"),
-    ("--synthetic_ratio=1", "--synthetic_ratio must be in (0, 1)"),
-    ("--method=gan", "value should be one of"),
+@pytest.mark.parametrize("flags, message", [
+    (["--train_fraction=1.5"], "--train_fraction must be in (0, 1]"),
+    (["--size=32"], "--size must be one of"),
+    (["--num_samples=1"], "--num_samples must be >= 2"),
+    (["--synthetic_ratio=1"], "--synthetic_ratio must be in (0, 1)"),
+    (["--steps_per_epoch=-1"], "--steps_per_epoch must be >= 0"),
+    (["--learning_rate=-1"], "--learning_rate and --ae_learning_rate must be > 0"),
+    (["--latent_channels=0"], "--latent_channels and --ae_width must be >= 1"),
+    (["--dataset=folder", "--data_dir=x", "--size=15"], "even number >= 14"),
+    (["--method=gan"], "value should be one of"),
+    (["stray_argument"], "unexpected arguments ['stray_argument']"),
 ])
-def test_impossible_flags_fail_with_a_message(flag, message):
-    done = subprocess.run([sys.executable, "-m", "tsynd_tf.train", flag],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert message in done.stderr
+def test_impossible_flags_fail_before_any_work_with_a_message(flags, message, tmp_path):
+    done = run_module("tsynd_tf.train", *flags, f"--output_dir={tmp_path / 'run'}",
+                      exit_code=2, timeout=120)
+    assert "train: error: " in done.stderr and message in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing was written
 
 
 def test_same_seed_repeats_the_run_exactly_on_cpu(uninterrupted, tmp_path, medmnist_dir):
@@ -181,35 +211,31 @@ def test_same_seed_repeats_the_run_exactly_on_cpu(uninterrupted, tmp_path, medmn
 
 
 def test_a_run_recorded_before_a_flag_existed_resumes_while_the_flag_keeps_its_default(
-        tmp_path, pneumonia):
-    from tsynd_tf import runs
+        tmp_path):
+    from tsynd_tf.config import ConfigError, TrainConfig
 
-    defaults = {"seed": 0, "synthesis": "decode"}
-    for name in ("kept", "changed"):
-        (tmp_path / name).mkdir()
-        runs.write_config(tmp_path / name, {"seed": 0}, pneumonia.info)  # no 'synthesis' yet
-    runs.write_config(tmp_path / "kept", {"seed": 0, "synthesis": "decode"}, pneumonia.info,
-                      defaults)
-    with pytest.raises(runs.RunDirError, match="synthesis"):
-        runs.write_config(tmp_path / "changed", {"seed": 0, "synthesis": "residual"},
-                          pneumonia.info, defaults)
+    recorded = {"seed": 0}  # written before 'synthesis' existed
+    TrainConfig(synthesis="decode").check_resumable(recorded, tmp_path)  # the default: fine
+    with pytest.raises(ConfigError, match="synthesis"):
+        TrainConfig(synthesis="residual").check_resumable(recorded, tmp_path)
+    TrainConfig(verbose=0, data_dir="/elsewhere").check_resumable(recorded, tmp_path)
 
 
 def test_a_checkpoint_without_dropout_seeds_resumes_with_a_warning(uninterrupted, tmp_path,
                                                                    caplog):
     """Checkpoints of older versions (no dropout seed state in them) still resume."""
     import logging
-    import types
 
     import tensorflow as tf
 
     from tsynd_tf import training
+    from tsynd_tf.config import TrainConfig
+    from tsynd_tf.runs import RunDir
 
     reference, _ = uninterrupted
     flags = json.loads((reference / "config.json").read_text())["flags"]
-    flags.update(output_dir=str(tmp_path), verbose=0)
-    config = types.SimpleNamespace(**flags)
-    old = training.Trainer(config, flags)
+    config = TrainConfig.from_dict({**flags, "output_dir": str(tmp_path), "verbose": 0})
+    old = training.Trainer(config, RunDir(tmp_path))
     old.classifier_epoch.assign(3)
     old.best_val_auc.assign(0.75)
     kernel = old.classifier.trainable_variables[0]
@@ -221,7 +247,7 @@ def test_a_checkpoint_without_dropout_seeds_resumes_with_a_warning(uninterrupted
     tf.train.CheckpointManager(old_format, tmp_path / "checkpoints", max_to_keep=1).save()
 
     with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
-        resumed = training.Trainer(config, flags)
+        resumed = training.Trainer(config, RunDir(tmp_path))
     assert "written by an older tsynd-tf, without dropout seeds" in caplog.text
     assert int(resumed.classifier_epoch) == 3 and float(resumed.best_val_auc) == 0.75
     for want, got in zip(old.classifier.weights, resumed.classifier.weights):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tsynd_tf import data, models, uncertainty
+from tsynd_tf import data, uncertainty
 
 
 def numpy_measures(logits, multilabel):
@@ -29,15 +29,10 @@ def numpy_measures(logits, multilabel):
 
 
 @pytest.fixture(scope="module")
-def real_logits(pneumonia):
-    """MC logits of a briefly trained classifier on real test images."""
-    keras.utils.set_random_seed(0)
-    classifier = models.build_classifier("small_cnn", 28, 1, 2)
-    classifier.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
-    x = pneumonia.train.images[:512].astype("float32") / 255
-    classifier.fit(x, pneumonia.train.targets[:512], batch_size=64, epochs=1, verbose=0)
+def real_logits(trained_classifier, pneumonia):
+    """MC logits of the shared trained classifier (conftest) on real test images."""
     images = pneumonia.test.images[:64].astype("float32") / 255
-    return uncertainty.mc_logits(classifier, images, num_samples=20).numpy()
+    return uncertainty.mc_logits(trained_classifier, images, num_samples=20).numpy()
 
 
 @pytest.mark.parametrize("multilabel", [False, True])

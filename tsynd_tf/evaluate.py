@@ -1,29 +1,33 @@
 r"""Evaluates a training run's classifier: clean metrics, Gaussian noise, FGSM/PGD attacks
-and (with --corruptions) MedMNIST-C-style corruptions.
+and (with --corruptions) MedMNIST-C-style corruptions (tsynd_tf.evaluation).
 
   python -m tsynd_tf.evaluate --run_dir=RUN [--split=test] [--corruptions]
 
-RUN is a run directory written by tsynd_tf.train (config.json, classifier.keras; see
-tsynd_tf.runs); the dataset is re-loaded from the run's flags. Results go to
-RUN/eval_<split>.json as {"settings": {...}, "metrics": {"test/acc": ..., "pgd_0.008/acc":
-..., ...}} (written atomically; an undefined metric is null), and a short table is printed.
+RUN is a run directory written by tsynd_tf.train, loaded by `runs.load_run`: its classifier,
+and its TrainConfig, from which the dataset is re-loaded and --num_samples/--batch_size take
+their defaults. Results go to the run's eval_<split>.json (`RunDir.write_eval`, atomic) as
+{"settings": {...}, "metrics": {"test/acc": ..., "pgd_0.008/acc": ..., ...}} (an undefined
+metric is null), and a short table is printed. Exit codes are `tsynd_tf.cli`'s: 2 for a bad
+flag or run directory.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from tsynd_tf import cli
 
 flags.DEFINE_string("run_dir", None, "Training run directory (config.json, "
                     "classifier.keras).")
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
-flags.DEFINE_integer("num_samples", None, "MC-dropout passes T; default: the run's.")
+flags.DEFINE_integer("num_samples", None, "MC-dropout passes T; default: the run's.",
+                     lower_bound=1)
 flags.DEFINE_integer("batch_size", None, "Images per batch (x T passes); default: the "
-                     "run's eval_batch_size, else batch_size.")
+                     "run's --eval_batch_size.", lower_bound=1)
 flags.DEFINE_list("gaussian_sigmas", ["0", "0.05", "0.1", "0.2"],
                   "Std of additive Gaussian noise on [0, 1] images; empty for none.")
 flags.DEFINE_list("fgsm_epsilons", ["0.002", "0.004", "0.008", "0.016"],
@@ -54,10 +58,10 @@ def _floats(flag_name: str) -> list[float]:
     try:
         values = [float(v) for v in FLAGS[flag_name].value]
     except ValueError:
-        raise app.UsageError(f"--{flag_name} must be a comma-separated list of numbers; got "
+        raise cli.UsageError(f"--{flag_name} must be a comma-separated list of numbers; got "
                              f"{','.join(FLAGS[flag_name].value)!r}.") from None
     if any(not 0 <= v < 1 for v in values):
-        raise app.UsageError(f"--{flag_name} values are on [0, 1] images: 0 <= v < 1; got "
+        raise cli.UsageError(f"--{flag_name} values are on [0, 1] images: 0 <= v < 1; got "
                              f"{values}.")
     return values
 
@@ -78,23 +82,17 @@ def format_table(metrics: dict) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.run rejects positional arguments
     sigmas, fgsm_eps, pgd_eps = (_floats(n) for n in
                                  ("gaussian_sigmas", "fgsm_epsilons", "pgd_epsilons"))
     # Deferred: TensorFlow takes seconds to import; flag errors should not wait for it.
     from tsynd_tf import evaluation, runs
-    from tsynd_tf.data import DataError, subsample_indices
-    from tsynd_tf.fileio import write_json
+    from tsynd_tf.data import subsample_indices
 
-    try:
-        run = runs.load_run(FLAGS.run_dir)
-        dataset = run.load_dataset()
-    except (runs.RunDirError, DataError) as e:
-        sys.exit(f"evaluate: {e}")
-    num_samples = FLAGS.num_samples or run.flags.get("num_samples") or 10
-    batch_size = (FLAGS.batch_size or run.flags.get("eval_batch_size")
-                  or run.flags.get("batch_size") or 128)
+    run = runs.load_run(FLAGS.run_dir)  # RunDirError/DataError: cli reports them, exit 2
+    dataset = run.load_dataset()
+    num_samples = FLAGS.num_samples or run.config.num_samples
+    batch_size = FLAGS.batch_size or run.config.eval_batch_size
     split = getattr(dataset, FLAGS.split)
     if FLAGS.max_examples:
         split = split.subset(subsample_indices(
@@ -118,11 +116,12 @@ def main(argv):
     }
     # JSON has no NaN: an undefined metric (AUC with one class present) is written as null.
     json_metrics = {k: None if math.isnan(v) else v for k, v in metrics.items()}
-    path = run.directory / f"eval_{FLAGS.split}.json"
-    write_json(path, {"settings": settings, "metrics": json_metrics})
+    path = run.directory.write_eval(FLAGS.split, {"settings": settings,
+                                                  "metrics": json_metrics})
     print(format_table(metrics))
     logging.info("Wrote %s", path)
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

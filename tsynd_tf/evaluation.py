@@ -1,16 +1,12 @@
 """Evaluation of MC-dropout classifiers: accuracy/AUC with MedMNIST's semantics, calibration,
-and robustness to Gaussian noise, FGSM/PGD attacks and MedMNIST-C-style corruptions.
+and robustness to Gaussian noise, FGSM/PGD attacks and MedMNIST-C-style corruptions
+(`tsynd_tf.corruptions`). `python -m tsynd_tf.evaluate` runs it on a training run.
 
 Every condition (clean, noisy, attacked, corrupted) is predicted with the SAME dropout masks:
 the classifier's dropout RNG is reset to `seed` before each one ("common random numbers").
 Differences between conditions then come from the inputs, not from MC noise, and sigma = 0
-reproduces the clean numbers exactly.
-
-MedMNIST-C (Di Salvo et al., 2024; pip `medmnistc` 0.1.0) cannot be used here: its corruption
-modules import torch/torchvision (enhance.py, filter.py, utils.py), OpenCV (base.py) and
-ImageMagick via wand (filter.py), and it pins medmnist==3.0.1 and scikit-image==0.23.2.
-`CORRUPTIONS` re-implements its corruptions for PneumoniaMNIST and BreastMNIST with numpy,
-scipy and PIL, with its severity parameters (its registry.py).
+reproduces the clean numbers exactly. The predictions are `uncertainty.mc_predict`'s, the one
+batched MC-dropout predictor that training, serving and the report use too.
 """
 
 from __future__ import annotations
@@ -18,19 +14,20 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image
-from scipy import ndimage
 from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
 
+from tsynd_tf.corruptions import (CORRUPTIONS, SEVERITIES, corrupt,  # noqa: F401 - API
+                                  corruptions_for, to_uint8)
 from tsynd_tf.data import DatasetInfo, convert_channels
 from tsynd_tf.models import seed_generator_states
-from tsynd_tf.uncertainty import images_per_call, mc_logits, uncertainty_from_logits
+from tsynd_tf.uncertainty import (images_per_call, mc_logits, mc_predict,
+                                  uncertainty_from_logits)
 
 with contextlib.redirect_stdout(io.StringIO()):  # medmnist prints a torch notice on import
     from medmnist.evaluator import getACC, getAUC
@@ -155,10 +152,11 @@ def _safe_log(p: tf.Tensor) -> tf.Tensor:
 
 
 class MCPredictor:
-    """MC-dropout predictions and attacks on the MC-averaged predictor, batched.
+    """MC-dropout predictions with seeded masks, and attacks on the MC-averaged predictor.
 
     Images are float32 in [0, 1] with the dataset's channels; they are converted to the
-    classifier's channels inside the graph, so attacks perturb the dataset's pixels.
+    classifier's channels before the classifier sees them, inside the attack graph, so
+    attacks perturb the dataset's pixels.
     """
 
     def __init__(self, classifier: keras.Model, num_samples: int, multilabel: bool,
@@ -169,12 +167,7 @@ class MCPredictor:
         self.classifier, self.num_samples, self.multilabel = classifier, num_samples, multilabel
         self.batch_size, self.seed = batch_size, seed
         self._channels = classifier.input_shape[-1]
-        self._predict_fn = self._attack_fn = None  # traced on first use (needs H, W, C)
-
-    def _measures(self, images):
-        images = convert_channels(images, self._channels)
-        logits = mc_logits(self.classifier, images, self.num_samples)
-        return uncertainty_from_logits(logits, self.multilabel)
+        self._attack_fn = None  # traced on first use (needs H, W, C)
 
     def _loss(self, images, targets):
         """Cross-entropy of the MC-mean probabilities: the loss of the predictor we deploy.
@@ -183,24 +176,21 @@ class MCPredictor:
         gradient of the expected prediction (EOT), not of one fixed sub-network. Keras'
         cross-entropies clip p to [1e-7, 1 - 1e-7], which zeroes the gradient of confidently
         right images; only p -> 0 is guarded here (a zero gradient where p underflowed)."""
-        probs = self._measures(images)["probs"]
+        logits = mc_logits(self.classifier, convert_channels(images, self._channels),
+                           self.num_samples)
+        probs = uncertainty_from_logits(logits, self.multilabel)["probs"]
         if self.multilabel:
             log_likelihood = targets * _safe_log(probs) + (1.0 - targets) * _safe_log(1.0 - probs)
         else:
             log_likelihood = targets * _safe_log(probs)
         return -tf.reduce_sum(log_likelihood)
 
-    def _build(self, shape):
+    def _build_attack(self, shape):
         image_spec = tf.TensorSpec([None, *shape[1:]], tf.float32)
-        target_spec = tf.TensorSpec([None, None], tf.float32)
         scalar = tf.TensorSpec([], tf.float32)
 
-        @tf.function(input_signature=[image_spec])
-        def predict(images):
-            return self._measures(images)
-
-        @tf.function(input_signature=[image_spec, target_spec, scalar, scalar,
-                                      tf.TensorSpec([], tf.int32), image_spec])
+        @tf.function(input_signature=[image_spec, tf.TensorSpec([None, None], tf.float32),
+                                      scalar, scalar, tf.TensorSpec([], tf.int32), image_spec])
         def attack(images, targets, epsilon, step_size, steps, start):
             adversarial = tf.clip_by_value(images + start, 0.0, 1.0)
             for _ in tf.range(steps):
@@ -213,7 +203,7 @@ class MCPredictor:
                 adversarial = tf.clip_by_value(adversarial, 0.0, 1.0)  # valid image
             return adversarial
 
-        self._predict_fn, self._attack_fn = predict, attack
+        self._attack_fn = attack
 
     def _batches(self, images):
         """Slices of `images`, each at most batch_size and within the MC memory cap."""
@@ -222,16 +212,15 @@ class MCPredictor:
         return (slice(i, min(i + size, n)) for i in range(0, n, size))
 
     def predict(self, images: np.ndarray) -> dict:
-        """{'probs' (N, K), 'predictive_entropy', 'expected_entropy', 'mutual_information'}."""
+        """{'probs' (N, K), 'predictive_entropy', 'expected_entropy', 'mutual_information'}:
+        `uncertainty.mc_predict` over batches of `images`, with the masks of `seed`."""
         images = to_unit_float(images)
-        if self._predict_fn is None:
-            self._build(images.shape)
-        outputs = {}
+        # One call per batch: a batch is already within images_per_call's cap.
+        batches = (convert_channels(tf.constant(images[batch]), self._channels)
+                   for batch in self._batches(images))
         with seeded_dropout(self.classifier, self.seed):
-            for batch in self._batches(images):
-                for key, value in self._predict_fn(images[batch]).items():
-                    outputs.setdefault(key, []).append(value.numpy())
-        return {key: np.concatenate(values) for key, values in outputs.items()}
+            return mc_predict(self.classifier, batches, self.num_samples, self.multilabel,
+                              image_shape=(*images.shape[1:-1], self._channels))
 
     def pgd(self, images: np.ndarray, targets: np.ndarray, epsilon: float, steps: int = 10,
             step_size: float | None = None, random_start: bool = True) -> np.ndarray:
@@ -242,8 +231,8 @@ class MCPredictor:
         so the boundary of the ball is reachable from any start), then projects onto the
         eps-ball around x and onto [0, 1]."""
         images, targets = to_unit_float(images), np.asarray(targets, np.float32)
-        if self._predict_fn is None:
-            self._build(images.shape)
+        if self._attack_fn is None:
+            self._build_attack(images.shape)
         step_size = 2.5 * epsilon / steps if step_size is None else step_size
         rng = np.random.default_rng(self.seed)
         # Masks for the attack come from another stream than the evaluation's (seed + 1):
@@ -269,157 +258,6 @@ def gaussian_noise(images: np.ndarray, sigma: float, seed: int = 0) -> np.ndarra
     images = to_unit_float(images)
     noise = np.random.default_rng(seed).normal(0.0, sigma, images.shape).astype(np.float32)
     return np.clip(images + noise, 0.0, 1.0)
-
-
-# ---------------------------------------------------------------- MedMNIST-C corruptions
-#
-# uint8 (N, H, W, C) -> uint8, one function per corruption with MedMNIST-C's parameter.
-# The parameters are MedMNIST-C's, which were set for 224-px images, and are applied
-# unchanged at the evaluated resolution: at 224 px the corruptions match MedMNIST-C; at
-# 28 px pixelation and blurs are relatively stronger. Compare corruption numbers only between
-# runs at the same image size. Results are rounded to uint8 (MedMNIST-C truncates).
-
-
-def _to_uint8(unit: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
-
-
-def _per_image_pil(images: np.ndarray, transform: Callable[[Image.Image], Image.Image]):
-    gray = images.shape[-1] == 1
-    out = [np.asarray(transform(Image.fromarray(x[..., 0] if gray else x))) for x in images]
-    return np.stack(out).reshape(images.shape)
-
-
-def _pixelate(images, factor, rng):
-    h, w = images.shape[1:3]
-    small = (max(1, int(w * factor)), max(1, int(h * factor)))
-    return _per_image_pil(images, lambda im: im.resize(small, Image.Resampling.BOX)
-                          .resize((w, h), Image.Resampling.BOX))
-
-
-def _jpeg(images, quality, rng):
-    def compress(im):
-        buffer = io.BytesIO()
-        im.save(buffer, "JPEG", quality=quality)
-        return Image.open(buffer)
-    return _per_image_pil(images, compress)
-
-
-def _gaussian_noise(images, sigma, rng):
-    x = images / 255.0
-    return _to_uint8(x + rng.normal(0.0, sigma, x.shape))
-
-
-def _speckle_noise(images, sigma, rng):
-    x = images / 255.0
-    return _to_uint8(x + x * rng.normal(0.0, sigma, x.shape))
-
-
-def _impulse_noise(images, amount, rng):
-    """Salt and pepper: a fraction `amount` of the values set to 0 or 255 with p = 1/2."""
-    hit = rng.random(images.shape) < amount
-    salt = rng.random(images.shape) < 0.5
-    return np.where(hit, np.where(salt, 255, 0), images).astype(np.uint8)
-
-
-def _shot_noise(images, photons, rng):
-    return _to_uint8(rng.poisson(images / 255.0 * photons) / photons)
-
-
-def _gaussian_blur(images, kernel_size, rng):
-    """torchvision.gaussian_blur: sigma from the kernel size, kernel_size taps, reflect pad."""
-    sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
-    radius = (kernel_size - 1) // 2
-    blurred = ndimage.gaussian_filter(images / 255.0, sigma, axes=(1, 2), mode="mirror",
-                                      truncate=radius / sigma)
-    return _to_uint8(blurred)
-
-
-def _motion_blur(images, radius_sigma, rng):
-    """ImageMagick's -motion-blur radius x sigma at a random angle in [-45, 45] degrees:
-    a one-sided Gaussian-weighted streak of 2*radius+1 pixels, edge pixels repeated."""
-    radius, sigma = radius_sigma
-    taps = np.arange(2 * int(np.ceil(radius)) + 1)
-    weights = np.exp(-taps ** 2 / (2.0 * sigma ** 2))
-    weights /= weights.sum()
-    h, w = images.shape[1:3]
-    rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
-    out = np.zeros(images.shape, np.float64)
-    for n, angle in enumerate(np.deg2rad(rng.uniform(-45, 45, len(images)))):
-        for tap, weight in zip(taps, weights):
-            dy, dx = int(np.round(tap * np.sin(angle))), int(np.round(tap * np.cos(angle)))
-            out[n] += weight * images[n, np.clip(rows + dy, 0, h - 1),
-                                      np.clip(cols + dx, 0, w - 1)]
-    return _to_uint8(out / 255.0)
-
-
-def _brightness(images, factor, rng):
-    """PIL ImageEnhance.Brightness: blend with black."""
-    return _to_uint8(images / 255.0 * factor)
-
-
-def _contrast(images, factor, rng):
-    """PIL ImageEnhance.Contrast: blend with the image's mean grey level."""
-    x = images / 255.0
-    mean = x.mean(axis=(1, 2, 3), keepdims=True)
-    return _to_uint8(mean + factor * (x - mean))
-
-
-def _gamma(images, gamma, rng):
-    """torchvision.adjust_gamma with gain 1: gamma > 1 darkens, < 1 brightens."""
-    return _to_uint8((images / 255.0) ** gamma)
-
-
-# corruption -> (function, parameters of severities 1..5), from MedMNIST-C's registry.py.
-_PNEUMONIA = {
-    "pixelate": (_pixelate, (0.8, 0.7, 0.6, 0.5, 0.4)),
-    "jpeg_compression": (_jpeg, (50, 30, 15, 10, 7)),
-    "gaussian_noise": (_gaussian_noise, (0.04, 0.05, 0.06, 0.07, 0.08)),
-    "speckle_noise": (_speckle_noise, (0.05, 0.07, 0.10, 0.15, 0.20)),
-    "impulse_noise": (_impulse_noise, (0.005, 0.01, 0.013, 0.017, 0.02)),
-    "shot_noise": (_shot_noise, (300, 200, 150, 100, 80)),
-    "gaussian_blur": (_gaussian_blur, (3, 5, 7, 9, 11)),
-    "brightness_up": (_brightness, (1.1, 1.2, 1.3, 1.4, 1.5)),
-    "brightness_down": (_brightness, (0.9, 0.8, 0.7, 0.6, 0.5)),
-    "contrast_up": (_contrast, (1.1, 1.2, 1.3, 1.4, 1.6)),
-    "contrast_down": (_contrast, (0.9, 0.8, 0.7, 0.6, 0.4)),
-    "gamma_corr_up": (_gamma, (1.1, 1.2, 1.3, 1.4, 1.6)),
-    "gamma_corr_down": (_gamma, (0.9, 0.8, 0.7, 0.6, 0.4)),
-}
-_BREAST = {
-    "pixelate": (_pixelate, (0.30, 0.25, 0.20, 0.15, 0.10)),
-    "jpeg_compression": (_jpeg, (50, 30, 15, 10, 7)),
-    "speckle_noise": (_speckle_noise, (0.10, 0.15, 0.20, 0.25, 0.30)),
-    "motion_blur": (_motion_blur, ((5, 5), (9, 7), (9, 10), (13, 10), (17, 12))),
-    "brightness_up": (_brightness, (1.4, 1.5, 1.6, 1.8, 2.0)),
-    "brightness_down": (_brightness, (0.55, 0.5, 0.45, 0.4, 0.3)),
-    "contrast_down": (_contrast, (0.9, 0.8, 0.7, 0.6, 0.4)),
-}
-CORRUPTIONS = {"pneumoniamnist": _PNEUMONIA, "breastmnist": _BREAST}
-SEVERITIES = (1, 2, 3, 4, 5)
-
-
-def corruptions_for(dataset_name: str) -> dict:
-    """MedMNIST-C's corruption set of a dataset; others (image folders, other MedMNIST
-    datasets) get PneumoniaMNIST's, a generic set of noise/blur/intensity/compression shifts."""
-    return CORRUPTIONS.get(dataset_name, _PNEUMONIA)
-
-
-def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0,
-            dataset_name: str = "pneumoniamnist") -> np.ndarray:
-    """Applies corruption `name` at severity 1..5 to uint8 images (N, H, W, C)."""
-    table = corruptions_for(dataset_name)
-    if name not in table:
-        raise ValueError(f"Unknown corruption {name!r} for {dataset_name}; "
-                         f"choose from {sorted(table)}.")
-    if severity not in SEVERITIES:
-        raise ValueError(f"Severity must be one of {SEVERITIES}; got {severity}.")
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"Corruptions take uint8 (N, H, W, C) images; got {images.dtype} "
-                         f"{images.shape}.")
-    function, parameters = table[name]
-    rng = np.random.default_rng([seed, list(table).index(name), severity])
-    return function(images, parameters[severity - 1], rng)
 
 
 # -------------------------------------------------------------------------------- driver
@@ -472,18 +310,23 @@ def evaluate_classifier(classifier: keras.Model, images: np.ndarray, targets: np
     for epsilon in pgd_epsilons:
         record(f"pgd_{epsilon:g}", predictor.pgd(clean, targets, epsilon, steps=pgd_steps))
 
-    if not names:
-        return results
-    uint8_images = images if images.dtype == np.uint8 else _to_uint8(clean)
+    if names:
+        uint8_images = images if images.dtype == np.uint8 else to_uint8(clean)
+        _record_corruptions(record, results, uint8_images, names, seed, info.name,
+                            clean_balanced_error=1.0 - clean_metrics["balanced_acc"])
+    return results
+
+
+def _record_corruptions(record, results: dict, images: np.ndarray, names: Sequence[str],
+                        seed: int, dataset_name: str, clean_balanced_error: float) -> None:
+    """Every corruption at every severity through `record`, then the summary in `results`."""
     errors = {}
     for name in names:
         for severity in SEVERITIES:
-            corrupted = corrupt(uint8_images, name, severity, seed, info.name)
+            corrupted = corrupt(images, name, severity, seed, dataset_name)
             metrics = record(f"corruption/{name}_{severity}", corrupted)
             errors.setdefault(name, []).append(1.0 - metrics["balanced_acc"])
         results[f"corruption/{name}/balanced_error"] = float(np.mean(errors[name]))
     mean_error = float(np.mean([np.mean(e) for e in errors.values()]))
     results["corruption/mean_balanced_error"] = mean_error
-    results["corruption/mean_balanced_error_minus_clean"] = (
-        mean_error - (1.0 - clean_metrics["balanced_acc"]))
-    return results
+    results["corruption/mean_balanced_error_minus_clean"] = mean_error - clean_balanced_error

@@ -3,19 +3,23 @@ r"""Runs a sweep: training configs x methods x seeds, one training + evaluation 
   python -m tsynd_tf.experiment --flagfile=flags/sweep_medmnist.cfg
   python -m tsynd_tf.report --sweep_dir=sweeps/medmnist        # tables, figures, RESULTS.md
 
-Each cell is `python -m tsynd_tf.train --flagfile=CONFIG --method=M --seed=S` followed by
-`python -m tsynd_tf.evaluate` (clean, Gaussian noise, FGSM, PGD) in subprocesses, so a cell
-that crashes does not take the sweep down and cells can run side by side (--workers).
-Finished cells are appended as one JSON line each to <sweep_dir>/results.jsonl and skipped
-when the sweep is started again; an unfinished cell resumes from its run's checkpoint. Each line
-records the sweep's command and the cell's UTC start and finish, from which the report gives
-the sweep's wall time. Each start that has cells to run first appends a plan line (every cell
-of its grid, finished or not), so the report can name the cells a stopped sweep left.
+The sweep folder is a `runs.SweepDir`: runs/<cell>/ (one run directory per cell),
+logs/<cell>.log and results.jsonl. Each cell is `python -m tsynd_tf.train --flagfile=CONFIG
+--method=M --seed=S` followed by `python -m tsynd_tf.evaluate` (clean, Gaussian noise, FGSM,
+PGD) in subprocesses, so a cell that crashes does not take the sweep down and cells can run
+side by side (--workers). Finished cells are appended as one JSON line each to results.jsonl
+(its training settings and results, read through `runs.RunDir`) and skipped when the sweep
+is started again; an unfinished cell resumes from its run's checkpoint. Each line records the
+sweep's command and the cell's UTC start and finish, from which the report gives the sweep's
+wall time. Each start that has cells to run first appends a plan line (every cell of its
+grid, finished or not), so the report can name the cells a stopped sweep left.
+
+Exit codes are `tsynd_tf.cli`'s: 1 when some cell failed (start the sweep again to retry
+it), 2 for a bad flag.
 """
 
 import concurrent.futures
 import datetime
-import json
 import os
 import shlex
 import subprocess
@@ -23,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from tsynd_tf import cli
 from tsynd_tf.fileio import append_json_line, read_json_lines
-from tsynd_tf.runs import SWEEP_RESULTS_FILE
+from tsynd_tf.runs import SweepDir
 
 flags.DEFINE_list("configs", None, "Training flagfiles, one per dataset x train fraction "
                   "(e.g. flags/pneumoniamnist_1pct.cfg).")
@@ -61,12 +66,12 @@ def finished_cells(results_path: Path) -> set[str]:
     return {record["cell"] for record in read_json_lines(results_path) if "cell" in record}
 
 
-def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int) -> dict:
+def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int) -> dict:
     name = cell_name(config, method, seed)
-    run_dir = sweep_dir / "runs" / name
+    run_dir = sweep.run(name)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS=str(threads),
                OMP_NUM_THREADS=str(threads))
-    log_path = sweep_dir / "logs" / f"{name}.log"
+    log_path = sweep.log_file(name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     steps = {
         "train": [sys.executable, "-m", "tsynd_tf.train", f"--flagfile={config}",
@@ -86,9 +91,11 @@ def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int)
                 raise RuntimeError(f"{name}: {step} failed (exit {done.returncode}); see "
                                    f"{log_path}")
             seconds[step] = round(time.time() - start, 1)
-    training = json.loads((run_dir / "results.json").read_text())
-    evaluation = json.loads((run_dir / "eval_test.json").read_text())
-    flag_values = json.loads((run_dir / "config.json").read_text())["flags"]
+    training, evaluation = run_dir.read_results(), run_dir.read_eval("test")
+    flag_values = run_dir.read_flags()
+    if training is None or evaluation is None or flag_values is None:
+        raise RuntimeError(f"{name}: {run_dir} lacks its training settings, results or test "
+                           f"evaluation although both steps succeeded; see {log_path}")
     return {"cell": name, "config": Path(config).stem, "dataset": flag_values["dataset"],
             "train_fraction": flag_values["train_fraction"],
             "train_count": flag_values["train_count"], "method": method, "seed": seed,
@@ -98,17 +105,15 @@ def run_cell(config: str, method: str, seed: int, sweep_dir: Path, threads: int)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.run rejects positional arguments
     missing = [c for c in FLAGS.configs if not Path(c).is_file()]
     if missing:
-        raise app.UsageError(f"--configs: no such flagfile {missing}.")
+        raise cli.UsageError(f"--configs: no such flagfile {missing}.")
     if FLAGS.workers < 1 or FLAGS.num_seeds < 1:
-        raise app.UsageError("--workers and --num_seeds must be >= 1.")
-    sweep_dir = Path(FLAGS.sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    results_path = sweep_dir / SWEEP_RESULTS_FILE
-    done = finished_cells(results_path)
+        raise cli.UsageError("--workers and --num_seeds must be >= 1.")
+    sweep = SweepDir(FLAGS.sweep_dir)
+    sweep.path.mkdir(parents=True, exist_ok=True)
+    done = finished_cells(sweep.results_file)
     # Seed-major order: an interrupted sweep has every config x method for the first seeds.
     grid = [(config, method, seed) for seed in range(FLAGS.num_seeds)
             for config in FLAGS.configs for method in FLAGS.methods]
@@ -116,13 +121,13 @@ def main(argv):
     logging.info("%d cells finished, %d to run, %d at a time.", len(done), len(cells),
                  FLAGS.workers)
     if cells:
-        append_json_line(results_path, {
+        append_json_line(sweep.results_file, {
             "plan": [[Path(config).stem, method, seed] for config, method, seed in grid],
             "sweep_command": sweep_command(), "written": utc_now()})
     threads = max(1, (os.cpu_count() or 1) // FLAGS.workers)
     failures = 0
     with concurrent.futures.ThreadPoolExecutor(FLAGS.workers) as pool:
-        futures = {pool.submit(run_cell, *cell, sweep_dir, threads): cell for cell in cells}
+        futures = {pool.submit(run_cell, *cell, sweep, threads): cell for cell in cells}
         for future in concurrent.futures.as_completed(futures):
             try:
                 record = future.result()
@@ -130,13 +135,15 @@ def main(argv):
                 failures += 1
                 logging.error("%s", e)
                 continue
-            append_json_line(results_path, record)  # only this thread writes the file
+            append_json_line(sweep.results_file, record)  # only this thread writes the file
             logging.info("%s: test acc %.4f auc %.4f (%s)", record["cell"],
                          record["metrics"]["test/acc"], record["metrics"]["test/auc"],
                          record["seconds"])
     if failures:
-        sys.exit(f"{failures} cell(s) failed; fix and start the sweep again to retry them.")
+        cli.fail(f"{failures} cell(s) failed; fix and start the sweep again to retry them.",
+                 cli.EXIT_PARTIAL)
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -3,16 +3,16 @@ r"""Exports a finished training run as a SavedModel with an uncertainty signatur
   python -m tsynd_tf.export --run_dir=runs/RUN [--export_dir=saved_models] [--name=NAME]
                             [--version=N] [--num_samples=T] [--mi_threshold=X]
 
-writes <export_dir>/<name>/<version>/ (TF Serving's layout); see tsynd_tf/serving.py for the
-signatures and saved_models/README.md for how to call it.
+RUN is a run directory written by tsynd_tf.train (`runs.load_run`: its classifier and
+TrainConfig, whose --num_samples is the default T). Writes <export_dir>/<name>/<version>/
+(TF Serving's layout, atomically); see tsynd_tf/serving.py for the signatures and
+saved_models/README.md for how to call it. Exit codes are `tsynd_tf.cli`'s: 2 when the run
+directory or a flag is wrong, or the version exists already.
 """
 
-import sys
-from pathlib import Path
+from absl import flags
 
-from absl import app, flags
-
-from tsynd_tf import serving
+from tsynd_tf import cli, serving
 
 flags.DEFINE_string("run_dir", None, "Training run folder holding config.json and "
                     "classifier.keras.")
@@ -34,14 +34,13 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.run rejects positional arguments
     from tsynd_tf import runs
-    from tsynd_tf.data import DataError
 
+    run = runs.load_run(FLAGS.run_dir)  # RunDirError: cli reports it, exit 2
+    num_samples = FLAGS.num_samples or run.config.num_samples
+    run_path = run.directory.path.resolve()
     try:
-        run = runs.load_run(FLAGS.run_dir)
-        num_samples = FLAGS.num_samples or run.flags["num_samples"]
         if FLAGS.mi_threshold is not None:
             threshold, rule = FLAGS.mi_threshold, {"rule": "given explicitly (--mi_threshold)"}
         else:
@@ -51,15 +50,14 @@ def main(argv):
                 refer_fraction=FLAGS.refer_fraction)
         path = serving.export_classifier(
             run.classifier, run.info, num_samples, threshold, FLAGS.export_dir,
-            name=FLAGS.name or run.directory.resolve().name, version=FLAGS.version,
-            threshold_rule=rule, extra_metadata={"run_dir": str(run.directory.resolve())})
-    except (serving.ExportError, runs.RunDirError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            name=FLAGS.name or run_path.name, version=FLAGS.version, threshold_rule=rule,
+            extra_metadata={"run_dir": str(run_path)})
+    except ValueError as err:  # ExportError, DataError, or a value serving rejects
+        raise cli.UsageError(str(err)) from err
     print(f"Exported {run.info.name} ({run.info.num_classes} classes, T={num_samples}, "
           f"MI threshold {threshold:.4g} nats) to {path}")
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

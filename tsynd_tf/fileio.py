@@ -1,17 +1,46 @@
-"""Atomic writes: a crash never leaves a half-written file under the final name."""
+"""Writes that a crash cannot tear, and the JSON / JSON-lines readers and writers.
+
+Everything the project publishes under a final name goes through `atomic_path` (a file:
+results, weights, pools, predictions, a download) or `atomic_directory` (a folder: a
+SavedModel version). The content is written under a hidden temporary name beside the target,
+flushed to disk, made readable by others (0644 files, 0755 folders) and renamed onto the
+target in one step: a crash leaves the old content or the new, never a torn one, and a
+failed block removes its temporary name.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+# mkstemp/mkdtemp make 0600/0700; results, models and predictions are for others too.
+FILE_MODE, DIRECTORY_MODE = 0o644, 0o755
+
+
+def _fsync(path: str | Path) -> None:
+    """Flushes a file's data, or a folder's entries (a rename into it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
-    """Yields a temporary path beside `path`; renames it onto `path` if the block succeeds.
+    """Yields a temporary file path beside `path`; when the block succeeds the file is
+    flushed and renamed onto `path` (replacing what was there), else it is removed.
 
     `suffix` keeps an extension that a writer insists on (Keras wants `.weights.h5`).
     """
@@ -21,16 +50,49 @@ def atomic_path(path: str | Path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for reading by others too
+        os.chmod(tmp, FILE_MODE)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | Path):
+    """Yields an empty temporary folder beside `path`; when the block succeeds everything in
+    it is flushed and the folder is renamed to `path`, else it is removed.
+
+    A published folder is never replaced: FileExistsError if `path` exists by then. The
+    temporary name starts with '.' and is not a number, so TF Serving ignores it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        os.chmod(tmp, DIRECTORY_MODE)
+        _fsync_tree(tmp)
+        if path.exists():
+            raise FileExistsError(f"{path} appeared while it was being written; not replaced.")
+        os.rename(tmp, path)
+        _fsync(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path):
+    """The file's JSON value, or None when it is absent or does not parse."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def read_json_lines(path: str | Path) -> list[dict]:

@@ -9,17 +9,18 @@ converted to the model's channels and resized to its size as in training. Paths 
 in chunks of --batch_size, so memory does not grow with the number of files.
 
 Prints the first --show rows and a summary; --output writes every row (CSV or JSON, chosen by
-the extension) atomically: file, class, probability (of that class), entropy and mi (nats),
-refer (mi > threshold), then one probability per class. --mi_threshold overrides the
-threshold embedded at export.
+the extension), published atomically by fileio.atomic_path: file, class, probability (of
+that class), entropy and mi (nats), refer (mi > threshold), then one probability per class.
+--mi_threshold overrides the threshold embedded at export.
 
-Exit status: 0 when every image was classified, 1 when some file could not be read (each is
-named on stderr and skipped), 2 when --model is not a model exported by tsynd_tf.export or the
-arguments are wrong.
+Exit status (tsynd_tf.cli's convention): 0 when every image was classified; 1 when some file
+could not be read (each is named on stderr and skipped) or no image was found; 2 when --model
+is not a model exported by tsynd_tf.export or the arguments are wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -27,10 +28,13 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
-from absl import app, flags
+from absl import flags
 
+from tsynd_tf import cli
 from tsynd_tf.data.image_folder import IMAGE_SUFFIXES
+from tsynd_tf.fileio import atomic_path
 
 flags.DEFINE_string("model", None, "Exported model: saved_models/<name>/<version> (or "
                     "saved_models/<name>, meaning its highest version).")
@@ -44,7 +48,6 @@ flags.mark_flag_as_required("model")
 
 FLAGS = flags.FLAGS
 
-EXIT_OK, EXIT_FAILED_FILES, EXIT_BAD_MODEL = 0, 1, 2
 COLUMNS = ("file", "class", "probability", "entropy", "mi", "refer")
 
 
@@ -74,9 +77,9 @@ def resolve_model_dir(path) -> Path:
 
 def load_model(path):
     """(serving function, metadata dict) of an exported model; ModelError if not ours."""
+    model_dir = resolve_model_dir(path)  # fails fast, before TensorFlow is imported
     import tensorflow as tf
 
-    model_dir = resolve_model_dir(path)
     try:
         loaded = tf.saved_model.load(str(model_dir))
     except Exception as err:  # noqa: BLE001  any load failure means "not a usable model"
@@ -130,19 +133,20 @@ def chunks(iterable, size):
 # --------------------------------------------------------------------------- outputs
 
 
-class AtomicWriter:
-    """Rows to a temporary file beside `path`, renamed onto it by `commit()`; CSV or JSON."""
+def output_format(path) -> str:
+    """'csv' or 'json', from the extension of `path`."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"--output must end in .csv or .json; got {path}.")
+    return fmt
 
-    def __init__(self, path, class_names, header: dict):
-        self.path = Path(path).expanduser()
-        self.format = self.path.suffix.lower().lstrip(".")
-        if self.format not in ("csv", "json"):
-            raise ValueError(f"--output must end in .csv or .json; got {self.path}.")
-        self.class_names = list(class_names)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.file = open(self.tmp, "w", newline="", encoding="utf-8")
-        self.first = True
+
+class PredictionWriter:
+    """Rows of predictions to an open text file, as CSV or JSON."""
+
+    def __init__(self, file, fmt: str, class_names, header: dict):
+        self.file, self.format, self.class_names = file, fmt, list(class_names)
+        self.first, self.failed = True, []
         if self.format == "csv":
             self.csv = csv.writer(self.file)
             self.csv.writerow([*COLUMNS, *(f"p_{name}" for name in self.class_names)])
@@ -163,17 +167,25 @@ class AtomicWriter:
             self.file.write(("\n  " if self.first else ",\n  ") + json.dumps(record))
         self.first = False
 
-    def commit(self, failed: list[str]):
-        if self.format == "json":
-            self.file.write("\n ],\n \"failed\": " + json.dumps(failed) + "\n}\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
+    def skip(self, path):
+        """A file that could not be read: listed under "failed" in JSON."""
+        self.failed.append(str(path))
 
-    def abort(self):
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+    def finish(self):
+        if self.format == "json":
+            self.file.write("\n ],\n \"failed\": " + json.dumps(self.failed) + "\n}\n")
+
+
+@contextlib.contextmanager
+def open_output(path, class_names, header: dict):
+    """A PredictionWriter onto `path`: the file appears, complete, when the block succeeds,
+    and nothing appears under `path` when it fails (fileio.atomic_path)."""
+    fmt = output_format(path)
+    with atomic_path(Path(path).expanduser()) as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as file:
+        writer = PredictionWriter(file, fmt, class_names, header)
+        yield writer
+        writer.finish()
 
 
 def _format_table(rows) -> str:
@@ -185,13 +197,35 @@ def _format_table(rows) -> str:
                      for row in cells)
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- prediction
+
+
+class Summary(NamedTuple):
+    shown: list  # the first rows, for the table
+    counts: dict  # images per predicted class
+    referred: int
+    classified: int
+    failed: list  # paths that could not be read
+
+
+def _rows(out: dict, paths, class_names, threshold: float, multilabel: bool):
+    """(row, class probabilities, predicted class index) of each image of one model call."""
+    for i, path in enumerate(paths):
+        probs = out["probabilities"][i]
+        k = int(out["predicted_class"][i])
+        mi = float(out["mutual_information"][i])
+        if multilabel:
+            label = ";".join(n for n, p in zip(class_names, probs) if p >= 0.5)
+        else:
+            label = class_names[k]
+        yield ({"file": str(path), "class": label, "probability": float(probs[k]),
+                "entropy": float(out["predictive_entropy"][i]), "mi": mi,
+                "refer": bool(mi > threshold)}, probs, k)
 
 
 def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None, writer=None,
-            show=20, err=sys.stderr):
-    """Runs the model over the files; returns (shown rows, counts per class, referred,
-    classified, failed paths)."""
+            show=20, err=sys.stderr) -> Summary:
+    """Runs the model over the files; unreadable ones are named on `err` and skipped."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -210,21 +244,12 @@ def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None, wri
             for path, reason in bad.items():
                 print(f"skipped {path}: {reason}", file=err)
                 failed.append(str(path))
+                if writer is not None:
+                    writer.skip(path)
             good = [p for p in paths if p not in bad]
             if good:
                 out = {k: v.numpy() for k, v in serve(images=tf.constant(images)).items()}
-                for i, path in enumerate(good):
-                    probs = out["probabilities"][i]
-                    k = int(out["predicted_class"][i])
-                    mi = float(out["mutual_information"][i])
-                    if multilabel:
-                        label = ";".join(n for n, p in zip(class_names, probs) if p >= 0.5)
-                    else:
-                        label = class_names[k]
-                    row = {"file": str(path), "class": label,
-                           "probability": float(probs[k]),
-                           "entropy": float(out["predictive_entropy"][i]), "mi": mi,
-                           "refer": bool(mi > threshold)}
+                for row, probs, k in _rows(out, good, class_names, threshold, multilabel):
                     if writer is not None:
                         writer.write(row, probs)
                     if len(shown) < show:
@@ -233,73 +258,69 @@ def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None, wri
                     referred += row["refer"]
                     classified += 1
             bar.update(len(paths))
-    return shown, counts, referred, classified, failed
+    return Summary(shown, counts, referred, classified, failed)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _check_flags(arguments) -> None:
+    if not arguments:
+        raise cli.UsageError("name at least one image file or folder after the flags.")
+    if FLAGS.batch_size < 1:
+        raise cli.UsageError(f"--batch_size must be >= 1; got {FLAGS.batch_size}.")
+    if FLAGS.mi_threshold is not None and not (math.isfinite(FLAGS.mi_threshold)
+                                               and FLAGS.mi_threshold >= 0):
+        raise cli.UsageError(f"--mi_threshold must be a number >= 0; got "
+                             f"{FLAGS.mi_threshold}.")
+    if FLAGS.output:
+        try:
+            output_format(FLAGS.output)
+        except ValueError as err:
+            raise cli.UsageError(str(err)) from None
+
+
+def _print_summary(result: Summary, threshold: float, num_samples: int) -> None:
+    if result.shown:
+        print(_format_table(result.shown))
+    if result.classified > len(result.shown):
+        print(f"... {result.classified - len(result.shown)} more row(s)"
+              + (f" in {FLAGS.output}" if FLAGS.output else ""))
+    per_class = ", ".join(f"{name}: {n}" for name, n in result.counts.items())
+    print(f"\n{result.classified} image(s) classified ({per_class}); {result.referred} "
+          f"referred (MI > {threshold:.4g} nats, T={num_samples}); "
+          f"{len(result.failed)} unreadable.")
+    if FLAGS.output:
+        print(f"Predictions written to {FLAGS.output}")
 
 
 def main(argv):
     arguments = argv[1:]
-    if not arguments:
-        print("error: name at least one image file or folder after the flags.",
-              file=sys.stderr)
-        return EXIT_BAD_MODEL
-    if FLAGS.batch_size < 1:
-        print(f"error: --batch_size must be >= 1; got {FLAGS.batch_size}.", file=sys.stderr)
-        return EXIT_BAD_MODEL
-    if FLAGS.mi_threshold is not None and not (math.isfinite(FLAGS.mi_threshold)
-                                               and FLAGS.mi_threshold >= 0):
-        print(f"error: --mi_threshold must be a number >= 0; got {FLAGS.mi_threshold}.",
-              file=sys.stderr)
-        return EXIT_BAD_MODEL
-    if FLAGS.output and Path(FLAGS.output).suffix.lower() not in (".csv", ".json"):
-        print(f"error: --output must end in .csv or .json; got {FLAGS.output}.",
-              file=sys.stderr)
-        return EXIT_BAD_MODEL
+    _check_flags(arguments)
     try:
-        resolve_model_dir(FLAGS.model)  # fails fast, before TensorFlow is imported
         serve, metadata = load_model(FLAGS.model)
     except ModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_MODEL
+        raise cli.UsageError(str(err)) from err
 
     threshold = metadata["mi_threshold"] if FLAGS.mi_threshold is None else FLAGS.mi_threshold
-    writer = None
+    output = contextlib.nullcontext()
     if FLAGS.output:
-        writer = AtomicWriter(FLAGS.output, metadata["class_names"], {
+        output = open_output(FLAGS.output, metadata["class_names"], {
             "model": metadata["model_dir"], "dataset_name": metadata["dataset_name"],
             "class_names": metadata["class_names"], "num_samples": metadata["num_samples"],
             "mi_threshold": threshold})
-    try:
-        shown, counts, referred, classified, failed = predict(
-            serve, metadata, arguments, batch_size=FLAGS.batch_size,
-            mi_threshold=FLAGS.mi_threshold, writer=writer, show=FLAGS.show)
-        if writer is not None:
-            writer.commit(failed)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-
-    if shown:
-        print(_format_table(shown))
-    if classified > len(shown):
-        print(f"... {classified - len(shown)} more row(s)"
-              + (f" in {FLAGS.output}" if FLAGS.output else ""))
-    per_class = ", ".join(f"{name}: {n}" for name, n in counts.items())
-    print(f"\n{classified} image(s) classified ({per_class}); {referred} referred "
-          f"(MI > {threshold:.4g} nats, T={metadata['num_samples']}); "
-          f"{len(failed)} unreadable.")
-    if FLAGS.output:
-        print(f"Predictions written to {FLAGS.output}")
-    if classified == 0 and not failed:
-        print("error: no PNG/JPEG images found in the given paths.", file=sys.stderr)
-        return EXIT_FAILED_FILES
-    if failed:
-        print(f"{len(failed)} file(s) could not be read and were skipped: "
-              + ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else ""),
-              file=sys.stderr)
-        return EXIT_FAILED_FILES
-    return EXIT_OK
+    with output as writer:
+        result = predict(serve, metadata, arguments, batch_size=FLAGS.batch_size,
+                         mi_threshold=FLAGS.mi_threshold, writer=writer, show=FLAGS.show)
+    _print_summary(result, threshold, metadata["num_samples"])
+    if result.classified == 0 and not result.failed:
+        cli.fail("no PNG/JPEG images found in the given paths.", cli.EXIT_PARTIAL)
+    if result.failed:
+        cli.fail(f"{len(result.failed)} file(s) could not be read and were skipped: "
+                 + ", ".join(result.failed[:10]) + (" ..." if len(result.failed) > 10 else ""),
+                 cli.EXIT_PARTIAL)
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, positional_args=True)

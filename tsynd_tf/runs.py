@@ -1,9 +1,25 @@
-"""A training run directory: written by `train`, read by `evaluate` and `export`.
+"""The run-directory contract: every file a training run holds, and its reader/writer.
 
-  config.json       {"flags": training flag values, "dataset": DatasetInfo fields}
-  subset.json       the labelled training indices (reproducible, auditable subsets)
-  classifier.keras  the best-on-validation MC-dropout classifier
-  results.json      test/val metrics of that classifier
+`train` writes a run directory; `evaluate`, `export`, `experiment`, `report` and `bench`
+read it. This is the only module that spells its file names:
+
+  config.json            {"flags": TrainConfig fields, "dataset": DatasetInfo fields}
+  subset.json            the labelled training indices (reproducible, auditable subsets)
+  split.json             image folders: every file of train/val/test, and the patients that
+                         train and validation share (0 for a split carved by patient)
+  checkpoints/           tf.train checkpoints of every stage (resume)
+  synthetic/round_XX.npz each round's synthetic pool: images, targets, diagnostics
+  best.weights.h5        the best-on-validation classifier weights so far
+  selection.json         which epoch those weights are and its val AUC, written with them
+  classifier.keras       the selected MC-dropout classifier, saved when training ends
+  classifier_last.keras  the classifier at the end of training (the other view of a method)
+  results.json           test/val metrics of both (last/... for the end of training),
+                         the selected epoch and counts
+  eval_<split>.json      `evaluate`'s metrics and settings for a split
+  tensorboard/           summaries (training, generation, hparams)
+
+A sweep folder (`SweepDir`) holds runs/<cell>/ run directories, logs/ and results.jsonl.
+All JSON is written atomically (fileio): a crash never leaves a torn file under its name.
 """
 
 from __future__ import annotations
@@ -11,80 +27,194 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tsynd_tf import data
-from tsynd_tf.fileio import write_json
+from tsynd_tf.fileio import atomic_path, read_json, write_json
 
-CONFIG_FILE, CLASSIFIER_FILE = "config.json", "classifier.keras"
-SWEEP_RESULTS_FILE = "results.jsonl"  # one JSON line per finished cell of a sweep
-# Flags that may change between a run and its resumption: they do not change the result
-# (`strategy` says how to train, not what: a checkpoint restores under any strategy).
-RESUMABLE_FLAGS = ("output_dir", "data_dir", "export_dir", "verbose", "strategy")
+# tsynd_tf.data (and with it TensorFlow) is imported where it is used: the report reads run
+# directories without TensorFlow.
+if TYPE_CHECKING:
+    from tsynd_tf import data
 
 
 class RunDirError(ValueError):
     """A run directory that lacks a file or holds a malformed one."""
 
 
-def write_config(run_dir: Path, flags: dict, info: data.DatasetInfo,
-                 defaults: dict | None = None) -> None:
-    """Records the run's settings; resuming a run with other settings is an error.
+class RunDir:
+    """Paths and readers/writers of one run directory (nothing is read on construction)."""
 
-    A flag the recorded run does not have (it was added later) counts as unchanged when it
-    has its default value in `defaults`: defaults of new flags keep the old behaviour.
-    """
-    path = Path(run_dir) / CONFIG_FILE
-    if path.exists():
-        recorded = {**(defaults or {}), **json.loads(path.read_text())["flags"]}
-        changed = {k: (recorded.get(k), v) for k, v in flags.items()
-                   if k not in RESUMABLE_FLAGS and recorded.get(k) != v}
-        if changed:
-            raise RunDirError(f"{run_dir} holds a run with other settings {changed} "
-                              "(old, new): pass a new --output_dir, or the same flags to resume.")
-    write_json(path, {"flags": flags, "dataset": dataclasses.asdict(info)})
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ paths
+    config_file = property(lambda self: self.path / "config.json")
+    subset_file = property(lambda self: self.path / "subset.json")
+    split_file = property(lambda self: self.path / "split.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    synthetic = property(lambda self: self.path / "synthetic")
+    best_weights = property(lambda self: self.path / "best.weights.h5")
+    selection_file = property(lambda self: self.path / "selection.json")
+    classifier_file = property(lambda self: self.path / "classifier.keras")
+    last_classifier_file = property(lambda self: self.path / "classifier_last.keras")
+    results_file = property(lambda self: self.path / "results.json")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+
+    def pool_file(self, round_index: int) -> Path:
+        return self.synthetic / f"round_{round_index:02d}.npz"
+
+    def pool_files(self) -> list[Path]:
+        return sorted(self.synthetic.glob("round_*.npz"))
+
+    def eval_file(self, split: str) -> Path:
+        return self.path / f"eval_{split}.json"
+
+    def worker(self, task_id: int) -> "RunDir":
+        """A non-chief worker's own folder inside the run (multi-worker training)."""
+        return RunDir(self.path / f"workertemp_{task_id}")
+
+    # ------------------------------------------------------------------ readers/writers
+    def read_flags(self) -> dict | None:
+        """The recorded training settings, or None when no run was started here."""
+        recorded = read_json(self.config_file)
+        return None if recorded is None else dict(recorded.get("flags", {}))
+
+    def write_config(self, flags: dict, info: data.DatasetInfo) -> None:
+        write_json(self.config_file, {"flags": flags, "dataset": dataclasses.asdict(info)})
+
+    def read_info(self) -> data.DatasetInfo:
+        from tsynd_tf import data
+
+        try:
+            recorded = json.loads(self.config_file.read_text())["dataset"]
+            return data.DatasetInfo(**{**recorded, "class_names": tuple(recorded["class_names"])})
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise RunDirError(
+                f"{self.config_file} is not a run config ({type(e).__name__}: {e}); it holds "
+                "'flags' and 'dataset' (name, task, class_names, size, channels).") from e
+
+    def write_subset(self, subset: dict) -> None:
+        write_json(self.subset_file, subset)
+
+    def read_subset(self) -> dict | None:
+        return read_json(self.subset_file)
+
+    def write_split(self, split: dict) -> None:
+        write_json(self.split_file, split)
+
+    def read_split(self) -> dict | None:
+        return read_json(self.split_file)
+
+    def save_best_weights(self, classifier, epoch: int, val_auc: float) -> None:
+        """The weights first, then the record naming them: a crash between the two leaves
+        weights newer than their record, and the resumed run re-trains that epoch and
+        writes both again (the checkpoint, saved after both, still points before it)."""
+        with atomic_path(self.best_weights, ".weights.h5") as tmp:
+            classifier.save_weights(tmp)
+        write_json(self.selection_file, {"epoch": int(epoch), "val_auc": float(val_auc)})
+
+    def read_selection(self) -> dict | None:
+        return read_json(self.selection_file)
+
+    def save_classifier(self, classifier, last: bool = False) -> None:
+        """The selected classifier, or with `last` the one at the end of training."""
+        path = self.last_classifier_file if last else self.classifier_file
+        with atomic_path(path, ".keras") as tmp:
+            classifier.save(tmp)
+
+    def write_results(self, results: dict) -> None:
+        write_json(self.results_file, results)
+
+    def read_results(self) -> dict | None:
+        return read_json(self.results_file)
+
+    def write_eval(self, split: str, evaluation: dict) -> Path:
+        write_json(self.eval_file(split), evaluation)
+        return self.eval_file(split)
+
+    def read_eval(self, split: str) -> dict | None:
+        return read_json(self.eval_file(split))
+
+    def write_pool(self, round_index: int, **arrays) -> None:
+        import numpy as np
+
+        with atomic_path(self.pool_file(round_index), ".npz") as tmp:
+            np.savez(tmp, **arrays)
+
+    def read_pool(self, round_index: int) -> dict | None:
+        """The pool's arrays, or None when this round has not been generated."""
+        import numpy as np
+
+        path = self.pool_file(round_index)
+        if not path.exists():
+            return None
+        with np.load(path) as pool:
+            return {key: pool[key] for key in pool.files}
+
+
+class SweepDir:
+    """A sweep folder: runs/<cell>/ (run directories), logs/<cell>.log and results.jsonl."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+
+    results_file = property(lambda self: self.path / "results.jsonl")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+
+    def run(self, cell: str) -> RunDir:
+        return RunDir(self.path / "runs" / cell)
+
+    def log_file(self, cell: str) -> Path:
+        return self.path / "logs" / f"{cell}.log"
 
 
 @dataclasses.dataclass
 class Run:
-    directory: Path
-    flags: dict
+    """A finished run, loaded: its settings, dataset metadata and selected classifier."""
+    directory: RunDir
+    config: object  # config.TrainConfig
     info: data.DatasetInfo
     classifier: object  # keras.Model
 
     def load_dataset(self) -> data.Dataset:
         """The dataset the run was trained on, checked to have the same classes."""
-        f = self.flags
-        dataset = data.load_dataset(f["dataset"], f["size"], f.get("data_dir"),
-                                    f.get("channels", 1), f.get("val_fraction", 0.1),
-                                    f.get("seed", 0))
+        from tsynd_tf import data
+
+        c = self.config
+        dataset = data.load_dataset(c.dataset, c.size, c.data_dir, c.channels, c.val_fraction,
+                                    c.seed, c.group_pattern)
         if dataset.info.class_names != self.info.class_names:
             raise data.DataError(f"The data found has classes {list(dataset.info.class_names)}"
                                  f" but the run was trained on {list(self.info.class_names)}.")
         return dataset
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(path: str | Path) -> Run:
     import keras
 
     from tsynd_tf import models  # noqa: F401 - registers MCDropout for load_model
+    from tsynd_tf.config import ConfigError, TrainConfig
 
-    run_dir = Path(run_dir).expanduser()
-    config_path, classifier_path = run_dir / CONFIG_FILE, run_dir / CLASSIFIER_FILE
-    for path in (config_path, classifier_path):
-        if not path.is_file():
-            raise RunDirError(f"{path} is missing: is {run_dir} a finished training run? A run "
-                              f"directory holds {CONFIG_FILE} and {CLASSIFIER_FILE}.")
+    run_dir = RunDir(path)
+    for file in (run_dir.config_file, run_dir.classifier_file):
+        if not file.is_file():
+            raise RunDirError(f"{file} is missing: is {run_dir} a finished training run? A run "
+                              f"directory holds {run_dir.config_file.name} and "
+                              f"{run_dir.classifier_file.name}.")
+    info = run_dir.read_info()
     try:
-        config = json.loads(config_path.read_text())
-        info = data.DatasetInfo(**{**config["dataset"],
-                                   "class_names": tuple(config["dataset"]["class_names"])})
-        flags = dict(config["flags"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise RunDirError(f"{config_path} is not a run config ({type(e).__name__}: {e}); it "
-                          "holds 'flags' and 'dataset' (name, task, class_names, size, "
-                          "channels).") from e
+        config = TrainConfig.from_dict(run_dir.read_flags() or {})
+    except ConfigError as e:
+        raise RunDirError(f"{run_dir.config_file}: {e}") from e
     try:
-        classifier = keras.saving.load_model(classifier_path, compile=False)
+        classifier = keras.saving.load_model(run_dir.classifier_file, compile=False)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad archive
-        raise RunDirError(f"Could not load {classifier_path} ({type(e).__name__}: {e}).") from e
-    return Run(run_dir, flags, info, classifier)
+        raise RunDirError(f"Could not load {run_dir.classifier_file} "
+                          f"({type(e).__name__}: {e}).") from e
+    return Run(run_dir, config, info, classifier)

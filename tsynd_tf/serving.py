@@ -1,6 +1,8 @@
 """A trained MC-dropout classifier as a self-contained SavedModel for TF Serving.
 
-`export_classifier` (called at the end of training, and by `python -m tsynd_tf.export`) writes `<export_dir>/<name>/<version>/` (TF Serving's layout) with two signatures:
+`export_classifier` (called at the end of training, and by `python -m tsynd_tf.export`)
+writes `<export_dir>/<name>/<version>/` (TF Serving's layout, published atomically by
+`fileio.atomic_directory`) with two signatures:
 
   serving_default  images: uint8 (None, size, size, channels), pixel values 0-255
                    -> probabilities (B, K) float32, mean of T MC-dropout passes
@@ -27,12 +29,11 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from tsynd_tf.fileio import atomic_directory
 
 FORMAT = "tsynd-tf-classifier"
 FORMAT_VERSION = 1
@@ -40,7 +41,6 @@ METADATA_FILE = "tsynd_metadata.json"  # in <version>/assets.extra/
 SERVING_SIGNATURE = "serving_default"
 METADATA_SIGNATURE = "metadata"
 DEFAULT_REFER_FRACTION = 0.05
-
 
 
 class ExportError(ValueError):
@@ -110,19 +110,6 @@ def _next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flushes every file and folder under root so the rename publishes complete data."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
                    threshold_rule: dict | None = None, extra: dict | None = None) -> dict:
     import keras
@@ -163,27 +150,10 @@ def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
     return metadata
 
 
-def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
-                      export_dir, *, name: str | None = None, version: int | None = None,
-                      threshold_rule: dict | None = None,
-                      extra_metadata: dict | None = None) -> Path:
-    """Writes <export_dir>/<name>/<version>/ atomically and returns its path.
-
-    `classifier`: a Keras MC-dropout classifier taking float32 images in [0, 1] and returning
-    logits. `info`: its DatasetInfo. The SavedModel is written to a hidden temporary folder
-    beside the target (TF Serving ignores names that are not numbers), flushed to disk and
-    renamed into place: a version folder either is complete or does not exist.
-    """
-    import keras
-    import tensorflow as tf
-
-    from tsynd_tf.uncertainty import mc_logits, uncertainty_from_logits
-
-    num_samples = int(num_samples)
+def _check_classifier(classifier, info, num_samples: int, mi_threshold: float) -> None:
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 (MC dropout); got {num_samples}: with one "
                          "pass the mutual information is always 0.")
-    mi_threshold = float(mi_threshold)
     if not math.isfinite(mi_threshold) or mi_threshold < 0:
         raise ValueError(f"mi_threshold must be a finite number >= 0 (nats); got "
                          f"{mi_threshold}.")
@@ -195,24 +165,18 @@ def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
         raise ValueError(f"The classifier has {classifier.output_shape[-1]} outputs but the "
                          f"dataset has {info.num_classes} classes.")
 
-    model_dir = Path(export_dir).expanduser() / (name or info.name)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = _next_version(model_dir) if version is None else int(version)
-    if version < 1:
-        raise ValueError(f"version must be >= 1; got {version}.")
-    target = model_dir / str(version)
-    if target.exists():
-        raise ExportError(f"{target} already exists; exported versions are never "
-                          "overwritten. Pass another --version or leave it out.")
 
-    metadata = build_metadata(classifier, info, num_samples, mi_threshold, threshold_rule,
-                              extra_metadata)
-    metadata_json = json.dumps(metadata, indent=2)
-    multilabel = info.multilabel
+def _archive(classifier, info, num_samples: int, mi_threshold: float, metadata_json: str):
+    """The Keras ExportArchive with the serving and metadata signatures."""
+    import keras
+    import tensorflow as tf
+
+    from tsynd_tf.uncertainty import mc_logits, uncertainty_from_logits
 
     def serve(images):
         x = tf.cast(images, tf.float32) / 255.0
-        measures = uncertainty_from_logits(mc_logits(classifier, x, num_samples), multilabel)
+        measures = uncertainty_from_logits(mc_logits(classifier, x, num_samples),
+                                           info.multilabel)
         probs = measures["probs"]
         mi = measures["mutual_information"]
         return {
@@ -238,24 +202,43 @@ def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
     archive = keras.export.ExportArchive()
     archive.track(classifier)  # exposes .variables on the loaded object
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[
-        tf.TensorSpec((None, *expected), tf.uint8, name="images")])
+        tf.TensorSpec((None, info.size, info.size, info.channels), tf.uint8, name="images")])
     archive.add_endpoint(METADATA_SIGNATURE, describe, input_signature=[])
+    return archive
 
-    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+
+def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
+                      export_dir, *, name: str | None = None, version: int | None = None,
+                      threshold_rule: dict | None = None,
+                      extra_metadata: dict | None = None) -> Path:
+    """Writes <export_dir>/<name>/<version>/ atomically and returns its path.
+
+    `classifier`: a Keras MC-dropout classifier taking float32 images in [0, 1] and returning
+    logits. `info`: its DatasetInfo. The SavedModel is written by fileio.atomic_directory (a
+    hidden temporary folder beside the target, flushed to disk and renamed into place): a
+    version folder either is complete or does not exist, and is never overwritten.
+    """
+    num_samples, mi_threshold = int(num_samples), float(mi_threshold)
+    _check_classifier(classifier, info, num_samples, mi_threshold)
+    model_dir = Path(export_dir).expanduser() / (name or info.name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = _next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be >= 1; got {version}.")
+    target = model_dir / str(version)
+    if target.exists():
+        raise ExportError(f"{target} already exists; exported versions are never "
+                          "overwritten. Pass another --version or leave it out.")
+
+    metadata = build_metadata(classifier, info, num_samples, mi_threshold, threshold_rule,
+                              extra_metadata)
+    metadata_json = json.dumps(metadata, indent=2)
+    archive = _archive(classifier, info, num_samples, mi_threshold, metadata_json)
     try:
-        archive.write_out(str(tmp), verbose=False)
-        extra_dir = tmp / "assets.extra"
-        extra_dir.mkdir(exist_ok=True)
-        (extra_dir / METADATA_FILE).write_text(metadata_json + "\n")
-        _fsync_tree(tmp)
-        if target.exists():  # another export took this version meanwhile
-            raise ExportError(f"{target} appeared while exporting; not overwritten.")
-        os.rename(tmp, target)
-        fd = os.open(model_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            archive.write_out(str(tmp), verbose=False)
+            (tmp / "assets.extra").mkdir(exist_ok=True)
+            (tmp / "assets.extra" / METADATA_FILE).write_text(metadata_json + "\n")
+    except FileExistsError as e:  # another export took this version meanwhile
+        raise ExportError(f"{e} Exported versions are never overwritten.") from e
     return target

@@ -8,6 +8,9 @@ For softmax tasks p_t is a Categorical over K classes; for multi-label tasks eac
 labels is an independent Bernoulli and entropies add up over labels. Everything is computed
 from logits in float32 with log-sum-exp, so it is finite and differentiable (the latent
 ascent takes its gradient) even when a probability underflows to 0.
+
+`mc_predict` is the one batched MC-dropout predictor over a set of images; training,
+serving, evaluation (`evaluation.MCPredictor`) and the report all call it.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ OBJECTIVES = ("mi", "entropy")
 # = 16 MiB of input; activations scale with it (the autoencoder's full-resolution layers
 # have 16 channels). At 224 px, calls on the default eval batch of 256 images took the
 # process to 7.2 GiB (autoencoder validation) and 11.9 GiB (MC validation, T=10). The cap
-# keeps the default eval batch (256; T=10) for grayscale 28 px images and splits larger images into smaller
-# calls (docs/PERFORMANCE.md, "Memory").
+# keeps the default eval batch (256; T=10) for grayscale 28 px images and splits larger
+# images into smaller calls (docs/PERFORMANCE.md, "Memory").
 MAX_VALUES_PER_CALL = 2 ** 22
 
 
@@ -97,15 +100,22 @@ def objective_from_logits(logits: tf.Tensor, objective: str, multilabel: bool) -
 _compiled_steps = weakref.WeakKeyDictionary()
 
 
-def _mc_step(classifier, num_samples: int, multilabel: bool):
-    """One traced function per classifier and setting, reused across calls."""
+def _mc_step(classifier, num_samples: int, multilabel: bool, image_shape=None):
+    """One traced function per classifier and setting, reused across calls: traced per batch
+    shape (reduce_retracing), or with `image_shape` once for every batch size."""
     steps = _compiled_steps.setdefault(classifier, {})
-    if (num_samples, multilabel) not in steps:
-        steps[num_samples, multilabel] = tf.function(
-            lambda images: uncertainty_from_logits(
-                mc_logits(classifier, images, num_samples), multilabel),
-            reduce_retracing=True)
-    return steps[num_samples, multilabel]
+    key = (num_samples, multilabel, None if image_shape is None else tuple(image_shape))
+    if key not in steps:
+        def step(images):
+            return uncertainty_from_logits(mc_logits(classifier, images, num_samples),
+                                           multilabel)
+
+        if image_shape is None:
+            steps[key] = tf.function(step, reduce_retracing=True)
+        else:
+            steps[key] = tf.function(step, input_signature=[
+                tf.TensorSpec([None, *image_shape], tf.float32)])
+    return steps[key]
 
 
 def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -123,12 +133,24 @@ def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def mc_predict(classifier, dataset: tf.data.Dataset, num_samples: int,
-               multilabel: bool = False) -> dict:
-    """Runs `uncertainty_from_logits` over a dataset of images (or (images, targets)).
+               multilabel: bool = False, *, image_shape=None) -> dict:
+    """MC-dropout predictions over a set of images, batch by batch: the one implementation
+    (training's validation, serving's threshold, evaluation.MCPredictor and the report).
 
-    Batches larger than `images_per_call` allows are split into several calls.
+    `dataset`: a tf.data.Dataset or any iterable of batches of float32 images in [0, 1] with
+    the classifier's channels (or of (images, targets) pairs). Each batch runs
+    `uncertainty_from_logits(mc_logits(...))` in one traced call, split into several calls
+    where it is larger than `images_per_call` allows. Returns the measures of every image,
+    concatenated: {'probs' (N, K), 'predictive_entropy', 'expected_entropy',
+    'mutual_information' (N,)}. The masks come from the classifier's dropout RNG as it is:
+    wrap the call in evaluation.seeded_dropout for reproducible numbers.
+
+    `image_shape` (H, W, C) traces one graph for batches of any size instead of one per
+    batch shape. The two differ in the last float bit (with the batch size known, TensorFlow
+    picks other CPU kernels); evaluation passes it, training does not, and each keeps the
+    numbers it has always given.
     """
-    step = _mc_step(classifier, num_samples, multilabel)
+    step = _mc_step(classifier, num_samples, multilabel, image_shape)
     if isinstance(dataset, tf.data.Dataset):
         dataset = without_autotuning(dataset)
     outputs = {}

@@ -6,7 +6,7 @@ losses, metrics and uncertainty code read.
 """
 
 from tsynd_tf.data.core import DataError, Dataset, DatasetInfo, Split
-from tsynd_tf.data.image_folder import load_image_folder
+from tsynd_tf.data.image_folder import KERMANY_GROUP_PATTERN, load_image_folder, shared_groups
 from tsynd_tf.data.medmnist_data import (
     MEDMNIST_SIZES,
     available_datasets,
@@ -15,13 +15,21 @@ from tsynd_tf.data.medmnist_data import (
     medmnist_path,
     resolve_data_dir,
 )
-from tsynd_tf.data.pipeline import convert_channels, make_pipeline
+from tsynd_tf.data.pipeline import (
+    classifier_batches,
+    convert_channels,
+    for_fit,
+    make_pipeline,
+    to_uint8,
+)
 from tsynd_tf.data.subsets import subsample_indices
 
 __all__ = [
-    "DataError", "Dataset", "DatasetInfo", "Split", "load_image_folder", "MEDMNIST_SIZES",
-    "available_datasets", "load_medmnist", "load_npz", "medmnist_path", "resolve_data_dir",
-    "convert_channels", "make_pipeline", "subsample_indices", "FOLDER", "load_dataset",
+    "DataError", "Dataset", "DatasetInfo", "Split", "KERMANY_GROUP_PATTERN",
+    "load_image_folder", "shared_groups", "MEDMNIST_SIZES", "available_datasets",
+    "load_medmnist", "load_npz", "medmnist_path", "resolve_data_dir", "classifier_batches",
+    "convert_channels", "for_fit", "make_pipeline", "to_uint8", "subsample_indices", "FOLDER",
+    "load_dataset",
 ]
 
 
@@ -29,11 +37,13 @@ FOLDER = "folder"  # --dataset value for an image folder at --data_dir
 
 
 def load_dataset(name: str, size: int, data_dir: str | None = None, channels: int = 1,
-                 val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+                 val_fraction: float = 0.1, seed: int = 0,
+                 group_pattern: str = KERMANY_GROUP_PATTERN) -> Dataset:
     """A MedMNIST dataset by name, or with name 'folder' the image folder at data_dir."""
     if name == FOLDER:
         if not data_dir:
             raise DataError("--dataset=folder needs --data_dir=<folder with train/ and test/ "
                             "class subfolders>.")
-        return load_image_folder(data_dir, size, channels, val_fraction=val_fraction, seed=seed)
+        return load_image_folder(data_dir, size, channels, val_fraction=val_fraction, seed=seed,
+                                 group_pattern=group_pattern)
     return load_medmnist(name, size, data_dir)

@@ -74,3 +74,6 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    # Image folders: each split's file names (relative to the folder), in split order, so a
+    # run directory can record which file went where; None for MedMNIST's arrays.
+    files: dict[str, list[str]] | None = None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tsynd_tf.data.core import DataError, Dataset, DatasetInfo, MULTI_LABEL, Split
+from tsynd_tf.fileio import atomic_path
 
 with contextlib.redirect_stdout(io.StringIO()):
     # medmnist prints "Please install the required packages first" when torch is absent;
@@ -68,16 +69,16 @@ def _md5(path: Path) -> str:
 
 
 def _download(url: str, md5: str, path: Path) -> None:
-    """Download to a temporary file beside `path`, check MD5, then rename into place.
-
-    A failed or interrupted download never leaves a file under the final name.
+    """Download into a scratch folder beside `path`, check MD5, then publish it atomically
+    (fileio.atomic_path): a failed or interrupted download never leaves a file under the
+    final name.
     """
     import keras  # Deferred: importing keras costs seconds and is only needed here.
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as tmp:
+    with atomic_path(path) as tmp, \
+            tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as scratch:
         try:
-            fetched = keras.utils.get_file(fname=path.name, origin=url, cache_dir=tmp,
+            fetched = keras.utils.get_file(fname=path.name, origin=url, cache_dir=scratch,
                                            cache_subdir=".", file_hash=md5)
         except ValueError as e:  # keras raises ValueError on a hash mismatch
             raise DataError(f"Downloaded {url} but its MD5 is not {md5}: {e}. The file was "
@@ -88,7 +89,7 @@ def _download(url: str, md5: str, path: Path) -> None:
                 f"Without network access, put the official file at {path} "
                 f"(md5 {md5}), or point --data_dir / ${DATA_DIR_ENV} at a folder that "
                 "holds it.") from e
-        os.replace(fetched, path)
+        os.replace(fetched, tmp)
 
 
 def load_npz(path: Path, expected: dict[str, int] | None = None) -> dict[str, np.ndarray]:

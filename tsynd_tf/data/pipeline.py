@@ -1,4 +1,8 @@
-"""tf.data input pipelines: uint8 arrays -> batches of float32 images in [0, 1]."""
+"""tf.data input pipelines: uint8 arrays -> batches of float32 images in [0, 1].
+
+`make_pipeline` is the one way arrays become batches; `classifier_batches` mixes real and
+synthetic images in a fixed ratio for training; `for_fit` makes any of them distributable.
+"""
 
 from __future__ import annotations
 
@@ -59,3 +63,55 @@ def make_pipeline(images: np.ndarray, targets: np.ndarray | None, batch_size: in
     else:
         ds = ds.map(lambda x, y: (prepare(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] -> uint8, rounded (how synthetic pools are stored)."""
+    return np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def for_fit(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """A dataset for `fit` under any strategy: in multi-worker training each worker takes its
+    own part of every global batch (DATA sharding; the default AUTO policy first tries to
+    shard by input file, which these in-memory datasets do not have)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)
+
+
+def interleaving_order(n_real: int, n_synthetic: int) -> np.ndarray:
+    """Row order that spreads the synthetic rows evenly through a [real, synthetic] batch, so
+    that every replica's contiguous slice of it holds the same real/synthetic mix."""
+    keys = np.concatenate([(np.arange(n_real) + 0.5) / n_real,
+                           (np.arange(n_synthetic) + 0.5) / n_synthetic])
+    return np.argsort(keys, kind="stable")
+
+
+def classifier_batches(real, synthetic, config, seed: int, replicas: int = 1) -> tf.data.Dataset:
+    """Endless training batches of `config.batch_size`: real only, or real and synthetic
+    (data.Split each) with `config.synthetic_ratio` of every batch synthetic.
+
+    With several replicas (a distribution strategy) the two parts are interleaved: each
+    replica gets a contiguous slice of the batch and normalises it with its own BatchNorm
+    statistics, which must not come from real or synthetic images alone.
+    """
+    if synthetic is None or len(synthetic) == 0:
+        return make_pipeline(real.images, real.targets, config.batch_size, shuffle=True,
+                             seed=seed, augment=config.augment, repeat=True)
+    n_synthetic = max(1, round(config.synthetic_ratio * config.batch_size))
+    real_ds = make_pipeline(real.images, real.targets, config.batch_size - n_synthetic,
+                            shuffle=True, seed=seed, augment=config.augment, repeat=True)
+    synthetic_ds = make_pipeline(synthetic.images, synthetic.targets, n_synthetic,
+                                 shuffle=True, seed=seed + 1, augment=config.augment,
+                                 repeat=True)
+    order = (interleaving_order(config.batch_size - n_synthetic, n_synthetic)
+             if replicas > 1 else None)
+
+    def join(a, b):
+        images, targets = tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)
+        if order is None:
+            return images, targets
+        return tf.gather(images, order), tf.gather(targets, order)
+
+    return tf.data.Dataset.zip(real_ds, synthetic_ds).map(join)

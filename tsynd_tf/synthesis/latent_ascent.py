@@ -1,4 +1,5 @@
-"""Targeted synthetic images: gradient ascent of classifier uncertainty on latent maps.
+"""Latent-space geometry and the latent ascent of TSynD: gradient ascent of classifier
+uncertainty on the autoencoder's latent maps (used by synthesis.latent).
 
 Geometry (our choice; the paper's is not published): each source image x_i has latent map
 z0_i = enc(x_i) and a ball of L2 radius r_i = epsilon * ||z0_i||_2 around it. Making the
@@ -16,9 +17,7 @@ import tensorflow as tf
 
 from tsynd_tf import uncertainty
 
-METHODS = ("baseline", "latent_noise", "tsynd_mi", "tsynd_entropy")
-METHOD_OBJECTIVES = {"tsynd_mi": "mi", "tsynd_entropy": "entropy"}
-SYNTHESES = ("decode", "residual")
+RENDERINGS = ("decode", "residual")  # how a moved latent becomes an image (--synthesis)
 _NORM_EPS = 1e-12
 
 
@@ -50,19 +49,19 @@ def latent_noise(anchors: tf.Tensor, epsilon: float, seed: int) -> tf.Tensor:
     return anchors + direction * _per_example(ball_radii(anchors, epsilon))
 
 
-def synthesize(sources: np.ndarray, reconstructions: np.ndarray, decodes: np.ndarray,
-               synthesis: str) -> np.ndarray:
+def render(sources: np.ndarray, reconstructions: np.ndarray, decodes: np.ndarray,
+           rendering: str) -> np.ndarray:
     """The synthetic images, in [0, 1], from x, dec(z0) and dec(z*).
 
     'decode': dec(z*), the paper's image. 'residual': x + dec(z*) - dec(z0), the real image
     plus the change the latent move makes in decoder space; it keeps the detail that a
     small autoencoder trained on few images blurs away (docs/TUNING.md).
     """
-    if synthesis == "decode":
+    if rendering == "decode":
         return decodes
-    if synthesis == "residual":
+    if rendering == "residual":
         return np.clip(sources + (decodes - reconstructions), 0.0, 1.0)
-    raise ValueError(f"Unknown synthesis {synthesis!r}; expected one of {SYNTHESES}.")
+    raise ValueError(f"Unknown rendering {rendering!r}; expected one of {RENDERINGS}.")
 
 
 class LatentAscent(keras.Model):

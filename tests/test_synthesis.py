@@ -1,11 +1,13 @@
-"""Latent ascent and the latent-noise baseline on a real autoencoder and classifier."""
+"""The synthesis methods: latent ascent and the latent-noise baseline on a real autoencoder
+and classifier, and the seam a new method plugs into."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tsynd_tf import data, generation, models, uncertainty
+from tsynd_tf import data, models, uncertainty
+from tsynd_tf.synthesis import Pool, SynthesisMethod, latent_ascent
 
 POOL = 128
 EPSILON = 0.6
@@ -30,7 +32,7 @@ def trained(pneumonia):
 
 def ascend(trained, objective):
     decoder, classifier, anchors = trained
-    ascent = generation.LatentAscent(decoder, classifier, POOL, objective=objective,
+    ascent = latent_ascent.LatentAscent(decoder, classifier, POOL, objective=objective,
                                      epsilon=EPSILON, step_size=0.25, num_samples=10,
                                      multilabel=False)
     ascent.compile(optimizer=None)
@@ -81,7 +83,7 @@ def test_every_latent_stays_in_its_ball(trained, ascended, objective):
 
 def test_latent_noise_spends_the_same_norm_budget_as_tsynd(trained, ascended):
     anchors = trained[2]
-    noise = generation.latent_noise(anchors, EPSILON, seed=0).numpy()
+    noise = latent_ascent.latent_noise(anchors, EPSILON, seed=0).numpy()
     noise_distance = relative_distance(noise, anchors)
     np.testing.assert_allclose(noise_distance, EPSILON, rtol=1e-5)
     # 10 steps of 0.25 radii can travel 2.5 radii: TSynD latents end on that sphere or just
@@ -91,17 +93,17 @@ def test_latent_noise_spends_the_same_norm_budget_as_tsynd(trained, ascended):
     assert np.all(tsynd_distance <= EPSILON * (1 + 1e-5))
     assert tsynd_distance.mean() > 0.9 * EPSILON, tsynd_distance.mean()
     # Different seeds give different directions; the same seed the same one.
-    assert not np.allclose(noise, generation.latent_noise(anchors, EPSILON, seed=1).numpy())
-    np.testing.assert_array_equal(noise, generation.latent_noise(anchors, EPSILON, seed=0))
+    assert not np.allclose(noise, latent_ascent.latent_noise(anchors, EPSILON, seed=1).numpy())
+    np.testing.assert_array_equal(noise, latent_ascent.latent_noise(anchors, EPSILON, seed=0))
 
 
 def test_projection_is_identity_inside_and_shrinks_outside():
     anchors = tf.ones((2, 7, 7, 8))
-    radii = generation.ball_radii(anchors, 0.1)
+    radii = latent_ascent.ball_radii(anchors, 0.1)
     inside = anchors + 0.01
-    np.testing.assert_allclose(generation.project_to_ball(inside, anchors, radii), inside)
+    np.testing.assert_allclose(latent_ascent.project_to_ball(inside, anchors, radii), inside)
     outside = anchors + 10.0
-    projected = generation.project_to_ball(outside, anchors, radii)
+    projected = latent_ascent.project_to_ball(outside, anchors, radii)
     np.testing.assert_allclose(relative_distance(projected.numpy(), anchors.numpy()), 0.1,
                                rtol=1e-5)
 
@@ -112,7 +114,7 @@ def test_residual_synthesis_is_the_real_image_plus_the_decoder_change(trained, a
     sources = pneumonia.train.images[:POOL].astype("float32") / 255
     reconstructions = decoder.predict(anchors, verbose=0)
     decodes = decoder.predict(ascended["mi"], verbose=0)
-    residual = generation.synthesize(sources, reconstructions, decodes, "residual")
+    residual = latent_ascent.render(sources, reconstructions, decodes, "residual")
     assert residual.min() >= 0.0 and residual.max() <= 1.0
     inside = (sources + decodes - reconstructions > 0) & (sources + decodes - reconstructions < 1)
     assert inside.mean() > 0.9  # clipping is the exception
@@ -121,7 +123,65 @@ def test_residual_synthesis_is_the_real_image_plus_the_decoder_change(trained, a
     assert np.abs(residual - sources).max() > 0.05  # the ascent did change the image
     # An unmoved latent gives back the real image exactly; 'decode' is dec(z*) itself.
     np.testing.assert_array_equal(
-        generation.synthesize(sources, reconstructions, reconstructions, "residual"), sources)
-    assert generation.synthesize(sources, reconstructions, decodes, "decode") is decodes
-    with pytest.raises(ValueError, match="Unknown synthesis"):
-        generation.synthesize(sources, reconstructions, decodes, "blend")
+        latent_ascent.render(sources, reconstructions, reconstructions, "residual"), sources)
+    assert latent_ascent.render(sources, reconstructions, decodes, "decode") is decodes
+    with pytest.raises(ValueError, match="Unknown rendering"):
+        latent_ascent.render(sources, reconstructions, decodes, "blend")
+
+
+# ----------------------------------------------------------------------------- the seam
+
+class FlippedCopies(SynthesisMethod):
+    """Not a method anyone should use: up-down flipped copies of labelled images. It shows
+    that a new method needs only the seam (synthesis.base) and a registry entry."""
+
+    def fit(self, labelled, unlabelled):
+        self.labelled = labelled
+
+    def pool(self, round_index, classifier, n):
+        rows = np.arange(n) % len(self.labelled)
+        return Pool(self.labelled.images[rows, ::-1], self.labelled.targets[rows],
+                    {"round": np.full(n, round_index)})
+
+
+def tiny_config(tmp_path, medmnist_dir, **overrides):
+    from tsynd_tf.config import TrainConfig
+
+    return TrainConfig(**{**dict(
+        train_count=32, ae_epochs=1, initial_epochs=1, rounds=2, epochs_per_round=1,
+        ascent_steps=1, num_samples=2, export_dir="", verbose=0, data_dir=str(medmnist_dir),
+        output_dir=str(tmp_path)), **overrides})
+
+
+def test_a_registered_method_plugs_into_the_trainer(tmp_path, medmnist_dir, monkeypatch):
+    from tsynd_tf import synthesis, training
+    from tsynd_tf.runs import RunDir
+
+    monkeypatch.setitem(synthesis.METHODS, "flipped_copies", FlippedCopies)
+    config = tiny_config(tmp_path, medmnist_dir, method="flipped_copies")
+    trainer = training.Trainer(config, RunDir(tmp_path))
+    results = trainer.run()
+    assert results["num_synthetic"] == 2 * 32 and results["classifier_epochs"] == 3
+    assert int(trainer.ae_epoch) == 0  # the method never asked for the autoencoder
+    real = trainer.real
+    for round_index in range(2):
+        pool = RunDir(tmp_path).read_pool(round_index)
+        np.testing.assert_array_equal(pool["images"], real.images[:, ::-1])
+        np.testing.assert_array_equal(pool["targets"], real.targets)
+        np.testing.assert_array_equal(pool["round"], round_index)  # diagnostics kept
+
+
+def test_every_method_starts_from_the_same_classifier(tmp_path, medmnist_dir):
+    """The paired design: at one seed, every method's classifier has the same initial
+    weights, so methods differ only in what they add to the batches."""
+    from tsynd_tf import synthesis, training
+    from tsynd_tf.runs import RunDir
+
+    weights = {}
+    for method in synthesis.METHODS:
+        config = tiny_config(tmp_path / method, medmnist_dir, method=method)
+        weights[method] = training.Trainer(config, RunDir(tmp_path / method)).classifier \
+            .get_weights()
+    for method, values in weights.items():
+        for got, want in zip(values, weights["baseline"], strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=method)

@@ -1,0 +1,193 @@
+"""The training config: every setting of a run, its default, its help and its valid range.
+
+`TrainConfig` is the one home of the training settings. `define_flags` makes one absl flag
+per field (name, default and help come from here) for `train` and `bench.run`; tests build
+configs directly, and a run directory records one as JSON (runs.RunDir). It is frozen: a
+run's settings do not change while it trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from absl import flags
+
+from tsynd_tf import distribute, models, synthesis
+from tsynd_tf.data import FOLDER, KERMANY_GROUP_PATTERN, MEDMNIST_SIZES
+
+# Settings that may differ between a run and its resumption: they do not change the result
+# (`strategy` says how to train, not what: a checkpoint restores under any strategy).
+RESUMABLE = frozenset({"output_dir", "data_dir", "export_dir", "verbose", "strategy"})
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+class ConfigError(ValueError):
+    """An impossible setting; the message names the flag and its valid range."""
+
+
+def _field(default, help: str, choices=None):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # Data.
+    dataset: str = _field("pneumoniamnist", "MedMNIST 2D dataset name, or 'folder' for an "
+                          "image folder at --data_dir.")
+    size: int = _field(28, f"Image size in pixels: {MEDMNIST_SIZES} for MedMNIST, any even "
+                       "size >= 14 for an image folder.")
+    data_dir: str | None = _field(None, "MedMNIST root (default $TSYND_DATA_DIR, else "
+                                  "~/.medmnist), or the image folder for --dataset=folder.")
+    channels: int = _field(1, "Channels (1 or 3) of --dataset=folder images; MedMNIST "
+                           "datasets keep their own.")
+    val_fraction: float = _field(0.1, "Validation share carved from train for an image "
+                                 "folder without a val/ folder.")
+    group_pattern: str = _field(KERMANY_GROUP_PATTERN, "Regex whose first capture group in an "
+                                "image folder's file name names its patient: the validation "
+                                "split carved from train keeps patients whole. The default "
+                                "matches the Kermany chest X-ray names (personNNN_, IM-NNNN-, "
+                                "NORMAL2-IM-NNNN-); a name it does not match is its own group; "
+                                "'' makes every image its own group.")
+    train_fraction: float = _field(0.1, "Labelled share of the training split (0, 1].")
+    train_count: int = _field(0, "Labelled training images; overrides --train_fraction when "
+                              "> 0.")
+    augment: bool = _field(False, "Light random translation of training images.")
+    # Method.
+    method: str = _field("tsynd_mi", "What synthetic data to add.", synthesis.METHODS)
+    rounds: int = _field(5, "Generation rounds after the initial training.")
+    pool_fraction: float = _field(1.0, "Synthetic images per round, as a share of the "
+                                  "labelled images.")
+    synthetic_ratio: float = _field(0.5, "Share of each training batch that is synthetic.")
+    epsilon: float = _field(0.3, "Latent ball radius, relative to ||z0||_2.")
+    step_size: float = _field(0.25, "Ascent step length, relative to the ball radius.")
+    ascent_steps: int = _field(10, "Gradient ascent steps per synthetic image.")
+    synthesis: str = _field("decode", "Synthetic image from the moved latent z*: 'decode' = "
+                            "dec(z*) (the paper); 'residual' = x + dec(z*) - dec(z0), the real "
+                            "image plus the change the latent move makes.", synthesis.RENDERINGS)
+    # Models.
+    classifier: str = _field("small_cnn", "Classifier architecture.", models.CLASSIFIERS)
+    dropout_rate: float = _field(0.3, "MC dropout rate (head; half of it after each stage).")
+    num_samples: int = _field(10, "MC dropout samples T per image.")
+    latent_channels: int = _field(8, "Channels of the autoencoder's latent maps.")
+    ae_width: int = _field(16, "Filters of the autoencoder's first layer (doubling per level "
+                           "up to 8x).")
+    # Optimisation.
+    batch_size: int = _field(64, "Training batch size.")
+    eval_batch_size: int = _field(256, "Batch size of evaluation and generation.")
+    steps_per_epoch: int = _field(0, "Classifier and autoencoder steps per epoch; 0 = one "
+                                  "pass over their training images.")
+    learning_rate: float = _field(1e-3, "Classifier Adam learning rate.")
+    initial_epochs: int = _field(20, "Classifier epochs on real data before round 1.")
+    epochs_per_round: int = _field(10, "Classifier epochs after each round.")
+    ae_learning_rate: float = _field(1e-3, "Autoencoder Adam learning rate.")
+    ae_epochs: int = _field(30, "Autoencoder epochs.")
+    ae_use_unlabelled: bool = _field(False, "Train the autoencoder on the whole training "
+                                     "split's images (no labels used); default: the labelled "
+                                     "subset only.")
+    # Run.
+    seed: int = _field(0, "Seed of the subset, initialisation, shuffling and dropout.")
+    output_dir: str | None = _field(None, "Run directory (default runs/<dataset>_<size>_"
+                                    "<fraction>_<method>_s<seed>). An existing run there is "
+                                    "resumed.")
+    export_dir: str = _field("saved_models", "Where the SavedModel goes; '' to skip.")
+    mixed_precision: str = _field("auto", "'auto': mixed_float16 on a GPU, float32 on a CPU.",
+                                  PRECISIONS)
+    strategy: str = _field("default", "tf.distribute strategy: 'mirrored' = this machine's "
+                           "GPUs, 'multi_worker' = several machines configured by TF_CONFIG "
+                           "(BUILD.md), 'tpu'.", distribute.STRATEGIES)
+    jit_compile: bool = _field(False, "XLA-compile train and ascent steps (GPU; on CPU it is "
+                               "10-30x slower).")
+    verbose: int = _field(-1, "Keras verbosity; -1: progress bars on a terminal, one line per "
+                          "epoch otherwise.")
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Impossible values fail here, before any data is read."""
+        choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(self)
+                   if f.metadata["choices"]}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name} must be one of {list(allowed)}; got "
+                                  f"{getattr(self, name)!r}")
+        checks = [
+            (0.0 < self.train_fraction <= 1.0, "--train_fraction must be in (0, 1]"),
+            (self.train_count >= 0, "--train_count must be >= 0"),
+            (self.dataset == FOLDER or self.size in MEDMNIST_SIZES,
+             f"--size must be one of {MEDMNIST_SIZES} for MedMNIST"),
+            (self.dataset != FOLDER or (self.size >= 14 and self.size % 2 == 0),
+             "--size must be an even number >= 14 for --dataset=folder"),
+            (self.channels in (1, 3), "--channels must be 1 or 3"),
+            (0.0 < self.dropout_rate < 1.0, "--dropout_rate must be in (0, 1)"),
+            (0.0 < self.synthetic_ratio < 1.0, "--synthetic_ratio must be in (0, 1)"),
+            (self.pool_fraction > 0.0, "--pool_fraction must be > 0"),
+            (self.epsilon > 0.0, "--epsilon must be > 0"),
+            (self.step_size > 0.0, "--step_size must be > 0"),
+            (self.ascent_steps >= 1, "--ascent_steps must be >= 1"),
+            (self.num_samples >= 2, "--num_samples must be >= 2 (MI needs several MC samples)"),
+            (self.rounds >= 0 and self.epochs_per_round >= 0 and self.initial_epochs >= 1,
+             "--rounds and --epochs_per_round must be >= 0, --initial_epochs >= 1"),
+            (self.ae_epochs >= 1, "--ae_epochs must be >= 1"),
+            (self.latent_channels >= 1 and self.ae_width >= 1,
+             "--latent_channels and --ae_width must be >= 1"),
+            (self.batch_size >= 2 and self.eval_batch_size >= 1,
+             "--batch_size must be >= 2 and --eval_batch_size >= 1"),
+            (self.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0 (0: one pass)"),
+            (self.learning_rate > 0.0 and self.ae_learning_rate > 0.0,
+             "--learning_rate and --ae_learning_rate must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    # ------------------------------------------------------------------ derived values
+    def run_name(self) -> str:
+        amount = f"n{self.train_count}" if self.train_count else f"f{self.train_fraction:g}"
+        dataset = Path(self.data_dir).name if self.dataset == FOLDER else self.dataset
+        return f"{dataset}_{self.size}_{amount}_{self.method}_s{self.seed}"
+
+    # ------------------------------------------------------------------ JSON round-trip
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """From recorded settings; a field a run recorded before it existed takes its
+        default (new fields' defaults keep the old behaviour)."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown training settings {sorted(unknown)}")
+        return cls(**values)
+
+    def check_resumable(self, recorded: dict, where: Path) -> None:
+        """Resuming a run with other settings than it was started with is an error."""
+        recorded = {**{f.name: f.default for f in dataclasses.fields(self)}, **recorded}
+        changed = {k: (recorded[k], v) for k, v in self.to_dict().items()
+                   if k not in RESUMABLE and recorded[k] != v}
+        if changed:
+            raise ConfigError(f"{where} holds a run with other settings {changed} (old, new): "
+                              "pass a new --output_dir, or the same flags to resume.")
+
+
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string, type(None): flags.DEFINE_string}
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """One absl flag per TrainConfig field, with its default and help."""
+    for field in dataclasses.fields(TrainConfig):
+        name, default, help_text = field.name, field.default, field.metadata["help"]
+        if field.metadata["choices"]:
+            flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text,
+                              flag_values=flag_values)
+        else:
+            _DEFINE[type(default)](name, default, help_text, flag_values=flag_values)
+
+
+def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
+    """The parsed flags as a TrainConfig (ConfigError names an impossible one)."""
+    return TrainConfig(**{f.name: flag_values[f.name].value
+                          for f in dataclasses.fields(TrainConfig)})

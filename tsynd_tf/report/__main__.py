@@ -1,0 +1,51 @@
+r"""The command: tables, paired tests and figures of a sweep, generated into one markdown page.
+
+  python -m tsynd_tf.report --sweep_dir=sweeps/medmnist [--output=docs/RESULTS.md] \
+      [--figures_dir=docs/figures] [--title=...] [--nomodel_figures]
+
+Reads the sweep's results file (one line per finished cell, written by tsynd_tf.experiment)
+and the cells' run directories. Every number on the page is computed here from those files.
+Per config (dataset x labelled fraction): mean ± std over seeds of every method, paired
+differences between methods (seeds pair cells with the same labelled subset, autoencoder and
+initialisation) with paired t-test and Wilcoxon p-values, and a verdict line. Figures: test
+ACC/AUC vs labelled fraction, robust accuracy vs noise/attack strength, and, from one seed's
+models (--model_figures), MI histograms of real vs synthetic images, synthetic examples and
+Grad-CAM maps. The models' data is found like the sweep's: the runs' --data_dir, else
+$TSYND_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import flags, logging
+
+from tsynd_tf import cli
+from tsynd_tf.report import page, records
+
+flags.DEFINE_string("sweep_dir", None, "Sweep folder with "
+                    f"{records.sweep_folder(Path('.')).results_file.name} and runs/ "
+                    "(tsynd_tf.experiment).")
+flags.DEFINE_string("output", "docs/RESULTS.md", "Markdown page to write.")
+flags.DEFINE_string("figures_dir", None, "Folder for the PNG figures; default figures/ beside "
+                    "--output.")
+flags.DEFINE_string("title", "TSynD sweep results", "Title of the page.")
+flags.DEFINE_bool("model_figures", True, "Also the figures that load one seed's classifiers, "
+                  "pools and data: MI histograms, synthetic examples, Grad-CAM.")
+flags.DEFINE_integer("num_images", 8, "Images in the synthetic-example and Grad-CAM grids.")
+flags.mark_flag_as_required("sweep_dir")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv  # cli.run rejects positional arguments
+    sweep_dir, output = Path(FLAGS.sweep_dir), Path(FLAGS.output)
+    figures_dir = Path(FLAGS.figures_dir) if FLAGS.figures_dir else output.parent / "figures"
+    logdir = page.write_page(sweep_dir, output, figures_dir, FLAGS.title, FLAGS.model_figures,
+                             FLAGS.num_images)
+    logging.info("Wrote %s and figures in %s; TensorBoard: %s.", output, figures_dir, logdir)
+
+
+if __name__ == "__main__":
+    cli.run(main)

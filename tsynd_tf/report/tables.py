@@ -1,0 +1,327 @@
+"""The markdown sections of the page, in its order: header, the paper's claims, overview,
+settings, one section per config (verdict, metrics, robustness, paired differences),
+full-data reference and statistics notes. Each returns its lines; every number comes from
+the records (records.Config) through the statistics of `stats`."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tsynd_tf.report.records import (
+    CLEAN_METRICS,
+    ROBUST_FAMILIES,
+    ROBUST_MEAN,
+    VERDICT_METRICS,
+    Config,
+    busy_hours,
+    cell_seconds,
+    hardware,
+    pre_synthetic_counts,
+    sweep_folder,
+)
+from tsynd_tf.report.stats import ALPHA, format_mean_std, format_p, holm, p_is, paired_test
+
+# The paper's claims as paired comparisons: (claim, method, compared with, metric key).
+CLAIMS = (
+    ("more accurate with few labels", "tsynd_mi", "baseline", "test/acc"),
+    ("higher AUC with few labels", "tsynd_mi", "baseline", "test/auc"),
+    ("more robust to noise and attacks", "tsynd_mi", "baseline", ROBUST_MEAN),
+    ("targeted beats random latent noise", "tsynd_mi", "latent_noise", "test/acc"),
+    ("MI beats predictive entropy", "tsynd_mi", "tsynd_entropy", "test/acc"),
+)
+# Published full-data reference, ResNet-18 at 28 px, test split; not computed here.
+PUBLISHED_RESNET18_28 = {
+    "source": "MedMNIST v2, Yang et al. 2023, Table",
+    "pneumoniamnist": {"acc": 0.854, "auc": 0.944},
+    "breastmnist": {"acc": 0.863, "auc": 0.901},
+}
+# Flags that differ between the cells of one config, or do not change the result.
+CELL_FLAGS = ("method", "seed", "output_dir", "data_dir", "export_dir", "verbose")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def robust_label(family: str, strength: float) -> str:
+    return f"{ROBUST_FAMILIES[family]}={strength:g}"
+
+
+# ----------------------------------------------------------------------------- header
+
+
+def header_section(records: list[dict], configs: list[Config], planned: set[tuple],
+                   sweep_dir: Path) -> list[str]:
+    lines = [
+        f"Generated {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by",
+        "", "```", f"python -m tsynd_tf.report {shlex.join(sys.argv[1:])}", "```", "",
+        f"- Sweep: `{sweep_dir.resolve()}` ({sweep_folder(sweep_dir).results_file.name}; the "
+        "training flags of every config are under Settings).",
+        *cells_lines(records, configs, planned), *time_lines(records)]
+    machine, software = hardware()
+    lines += [f"- Hardware of the machine that wrote this page (the sweep's if it ran here): "
+              f"{machine}.", f"- Software: {software}."]
+    return lines
+
+
+def cells_lines(records: list[dict], configs: list[Config], planned: set[tuple]) -> list[str]:
+    """Finished cells out of the expected ones, and which are missing."""
+    # Expected: the cells the sweep's starts planned, and every method and seed that any
+    # finished cell of a config has (sweeps from before plan lines were written).
+    expected = planned | {(c.name, m, s) for c in configs for m in c.methods for s in c.seeds}
+    finished = {(r["config"], r["method"], r["seed"]) for r in records}
+    missing = sorted(expected - finished)
+    grids = {}  # config -> (methods, seeds) expected
+    for config, method, seed in expected:
+        grids.setdefault(config, (set(), set()))[0].add(method)
+        grids[config][1].add(seed)
+    lines = [
+        f"- Cells finished: **{len(finished)} of {len(expected)}** ({len(grids)} "
+        f"config{'s' if len(grids) != 1 else ''}, "
+        "methods × seeds as planned by the sweep or present in any finished cell: "
+        + "; ".join(f"{name} {len(m)}×{len(s)}" for name, (m, s) in sorted(grids.items()))
+        + ").",
+    ]
+    if missing:
+        shown = ", ".join(f"{c}/{m}/s{s}" for c, m, s in missing[:12])
+        lines.append(f"- Not finished: {shown}{' …' if len(missing) > 12 else ''}")
+    return lines
+
+
+def time_lines(records: list[dict]) -> list[str]:
+    """Compute time, the recorded sweep command(s) and the wall time."""
+    seconds = [cell_seconds(r) for r in records]
+    lines = [
+        f"- Compute: {sum(seconds) / 3600:.2f} h summed over cells (train + evaluate; cells "
+        f"may run side by side), median {np.median(seconds) / 60:.1f} min per cell "
+        f"(train {np.median([r['seconds'].get('train', 0) for r in records]) / 60:.1f}, "
+        f"evaluate {np.median([r['seconds'].get('evaluate', 0) for r in records]) / 60:.1f}).",
+    ]
+    commands = sorted({r["sweep_command"] for r in records if "sweep_command" in r})
+    timed = [r for r in records if "started" in r]
+    untimed = (f"; {len(records) - len(timed)} older cells recorded no command or times"
+               if len(timed) < len(records) else "")
+    if commands:
+        lines += ["- Sweep command(s), as recorded by the cells:", "", "```", *commands, "```",
+                  ""]
+    if timed:
+        first = min(r["started"] for r in timed)
+        last = max(r["finished"] for r in timed)
+        lines.append(f"- Wall time: {busy_hours(timed):.2f} h with at least one cell running, "
+                     f"between {first} and {last} (UTC), over {len(timed)} cells{untimed}.")
+    elif records:
+        lines.append(f"- Wall time: not recorded{untimed}.")
+    return lines
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def claims_section(configs: list[Config]) -> list[str]:
+    """The paper's claims, each a paired test per low-data config, in one table."""
+    rows, tests = [], []  # tests: the paired_test result of each row
+    for claim, a, b, key in CLAIMS:
+        for config in configs:
+            if config.full_data or not {a, b} <= set(config.methods):
+                continue
+            r = paired_test(config.values(a, key), config.values(b, key))
+            rows.append([claim, f"`{config.name}`", f"`{a}` − `{b}`", r["n"],
+                         f"{r['mean']:+.3f}", format_p(r["t_p"])])
+            tests.append(r)
+    if not rows:
+        return []
+    defined = [i for i, r in enumerate(tests) if r["t_p"] is not None]
+    adjusted = dict(zip(defined, holm([tests[i]["t_p"] for i in defined])))
+    for i, row in enumerate(rows):
+        p, mean = tests[i]["t_p"], tests[i]["mean"]
+        if p is None:
+            outcome = "no test (fewer than 2 pairs, or all differences equal)"
+        elif p >= ALPHA:
+            outcome = "not shown"
+        else:
+            outcome = "**holds**" if mean > 0 else "**reversed** (worse)"
+            outcome += "" if adjusted[i] < ALPHA else " (not after Holm)"
+        row += [format_p(adjusted.get(i)), outcome]
+    return ["## The paper's claims", "",
+            "Each claim as a paired comparison over seeds in every low-data config: mean Δ "
+            "(first method minus second), two-sided paired t-test p, Holm-adjusted over all "
+            f"rows of this table, outcome at α={ALPHA}. *Robust* is the per-seed mean accuracy "
+            "over all noise and attack settings of the tables below. 'not shown' means no "
+            "significant difference either way.", "",
+            markdown_table(["claim", "config", "comparison", "n pairs", "mean Δ", "t-test p",
+                            "Holm p", "outcome"], rows), ""]
+
+
+def overview_section(configs: list[Config]) -> list[str]:
+    """One row per config and method: the numbers a reader compares first."""
+    rows = [[f"`{c.name}`", c.num_labelled, f"`{m}`", len(c.by_method(m)),
+             *(format_mean_std(c.values(m, k).values()) for k in ("val/auc", *VERDICT_METRICS)),
+             pre_synthetic_counts(c, m)] for c in configs for m in c.methods]
+    return ["## Overview", "",
+            "Mean ± std over seeds. *val AUC*: validation AUC of the selected classifier (the "
+            "selection and tuning criterion); *pre-synth.*: seeds whose selected classifier "
+            "predates the first synthetic pool.", "",
+            markdown_table(["config", "labelled", "method", "n", "val AUC",
+                            *(f"test {n}" for n in VERDICT_METRICS.values()), "pre-synth."],
+                           rows), ""]
+
+
+def settings_section(configs: list[Config]) -> list[str]:
+    example = configs[0].run_dir(configs[0].records[0])  # names the run files in the text
+    lines = ["## Settings", "", "Training flags shared by every cell of a config (from the "
+             f"runs' {example.config_file.name}) and evaluation settings "
+             f"({example.eval_file('test').name}).", "",
+             "<details><summary>Flags</summary>", ""]
+    for config in configs:
+        flag_sets = [config.run_dir(r).read_flags() or {} for r in config.records]
+        shared = {k: v for k, v in flag_sets[0].items()
+                  if k not in CELL_FLAGS and all(f.get(k) == v for f in flag_sets)}
+        lines.append(f"- `{config.name}`: `" +
+                     " ".join(f"--{k}={v}" for k, v in sorted(shared.items())) + "`")
+        evaluation = config.run_dir(config.records[0]).read_eval("test") or {}
+        settings = {k: v for k, v in evaluation.get("settings", {}).items()
+                    if k not in ("seconds", "seed")}
+        lines.append(f"  - evaluation: `{json.dumps(settings, sort_keys=True)}`")
+    return lines + ["", "</details>", ""]
+
+
+# ----------------------------------------------------------------------------- per config
+
+
+def verdict(config: Config) -> str:
+    """One line from the paired t-tests of test ACC and AUC over all comparisons."""
+    tests = []
+    for a, b in config.comparisons():
+        for key, name in VERDICT_METRICS.items():
+            result = paired_test(config.values(a, key), config.values(b, key))
+            if result["t_p"] is not None:
+                tests.append((a, b, name, result))
+    if not config.comparisons():
+        return f"No comparison: only {', '.join(config.methods)} finished so far."
+    if not tests:
+        most = max((paired_test(config.values(a, "test/acc"), config.values(b, "test/acc"))["n"]
+                    for a, b in config.comparisons()), default=0)
+        return (f"No verdict: paired tests need at least 2 seeds run by both methods (at most "
+                f"{most} here).")
+    adjusted = holm([t[3]["t_p"] for t in tests])
+    significant = [(t, q) for t, q in zip(tests, adjusted) if t[3]["t_p"] < ALPHA]
+    scope = (f"paired t-test over seeds, α={ALPHA}, {len(tests)} tests over "
+             f"{len(config.comparisons())} comparisons × ACC/AUC")
+    if not significant:
+        a, b, name, r = min(tests, key=lambda t: t[3]["t_p"])
+        return (f"No significant difference in test ACC or AUC ({scope}); the smallest p is "
+                f"{a} − {b} in {name}: {r['mean']:+.3f} ({p_is(r['t_p'])}, "
+                f"{r['n']} seeds).")
+    claims = []
+    for (a, b, name, r), q in significant:
+        word = "beats" if r["mean"] > 0 else "is worse than"
+        survives = "holds" if q < ALPHA else "does not hold"
+        claims.append(f"{a} {word} {b} in {name} by {r['mean']:+.3f} ({p_is(r['t_p'])}, "
+                      f"{r['n']} seeds; Holm-adjusted {p_is(q)}, {survives} after "
+                      f"correction)")
+    return (f"{'; '.join(claims)}. {len(tests) - len(significant)} of {len(tests)} tests not "
+            f"significant ({scope}, uncorrected unless stated).")
+
+
+def config_section(config: Config, robust: list[tuple[str, float, str]]) -> list[str]:
+    lines = [f"### {config.label}", "",
+             f"Config `{config.name}`, seeds {', '.join(map(str, config.seeds))}.", "",
+             f"**Verdict:** {verdict(config)}", "",
+             "Test metrics, mean ± std over seeds (n seeds); *val AUC*: the validation AUC "
+             "of the selected classifier (the model-selection and tuning criterion). "
+             "*pre-synth.*: seeds whose "
+             "selected (best validation AUC) classifier predates the first synthetic pool, so "
+             "it never trained on synthetic images.", ""]
+    header = ["method", "n", *CLEAN_METRICS.values(), "val AUC", "pre-synth.", "min/cell"]
+    rows = []
+    for method in config.methods:
+        cells = config.by_method(method)
+        rows.append([f"`{method}`", len(cells),
+                     *(format_mean_std(config.values(method, k).values())
+                       for k in (*CLEAN_METRICS, "val/auc")),
+                     pre_synthetic_counts(config, method),
+                     f"{np.median([cell_seconds(r) for r in cells]) / 60:.1f}"])
+    lines += [markdown_table(header, rows), ""]
+    if robust:
+        lines += ["Accuracy under noise and attacks, mean ± std over seeds.", "",
+                  markdown_table(["method", *(robust_label(f, s) for f, s, _ in robust)],
+                                 [[f"`{m}`", *(format_mean_std(config.values(m, k).values())
+                                               for _, _, k in robust)]
+                                  for m in config.methods]), ""]
+    return lines + paired_section(config, robust)
+
+
+def paired_section(config: Config, robust: list[tuple[str, float, str]]) -> list[str]:
+    """Paired differences of every comparison in ACC/AUC, and (collapsed) robust accuracy."""
+    if not config.comparisons():
+        return []
+    header = ["comparison", "metric", "n pairs", "mean Δ", "95% CI (t)", "t-test p",
+              "Wilcoxon p"]
+    lines = ["Paired differences (same seed = same labelled subset, autoencoder and "
+             "initialisation).", "",
+             markdown_table(header, paired_rows(config, list(VERDICT_METRICS.items()))), ""]
+    if robust:
+        robust_metrics = [(k, robust_label(f, s) + " acc") for f, s, k in robust]
+        lines += ["<details><summary>Paired differences in robust accuracy</summary>", "",
+                  markdown_table(header, paired_rows(config, robust_metrics)), "",
+                  "</details>", ""]
+    return lines
+
+
+def paired_rows(config: Config, keys: list[tuple[str, str]]) -> list[list]:
+    """One row per comparison and (metric key, name)."""
+    rows = []
+    for a, b in config.comparisons():
+        for key, name in keys:
+            r = paired_test(config.values(a, key), config.values(b, key))
+            ci = f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r["ci"] else "n/a"
+            rows.append([f"`{a}` − `{b}`", name, r["n"], f"{r['mean']:+.3f}", ci,
+                         format_p(r["t_p"]), format_p(r["wilcoxon_p"])])
+    return rows
+
+
+# ----------------------------------------------------------------------------- closing
+
+
+def reference_section(configs: list[Config]) -> list[str]:
+    full = [c for c in configs if c.full_data]
+    if not full:
+        return []
+    rows = []
+    for config in full:
+        published = PUBLISHED_RESNET18_28.get(config.dataset, {})
+        flag_values = config.run_dir(config.records[0]).read_flags() or {}
+        for method in config.methods:
+            rows.append([config.dataset, f"`{method}`", flag_values.get("classifier", "?"),
+                         len(config.by_method(method)),
+                         format_mean_std(config.values(method, "test/acc").values()),
+                         format_mean_std(config.values(method, "test/auc").values()),
+                         published.get("acc", "–"), published.get("auc", "–")])
+    return ["## Full-data reference", "",
+            f"Configs trained on all training labels, next to the published ResNet-18 (28) "
+            f"numbers ({PUBLISHED_RESNET18_28['source']}; constants, not computed here).", "",
+            markdown_table(["dataset", "method", "classifier", "n", "ACC", "AUC",
+                            "published ACC", "published AUC"], rows), ""]
+
+
+def statistics_notes(configs: list[Config]) -> list[str]:
+    n = max((len(c.seeds) for c in configs), default=0)
+    wilcoxon_floor = (f" With {n} pairs the smallest two-sided exact Wilcoxon p is "
+                      f"2/2^{n} = {2 / 2**n:.4f}." if n >= 2 else "")
+    return ["## Statistics", "",
+            "Means ± sample standard deviations (ddof=1) over seeds; a single seed shows its "
+            "value alone. Comparisons pair cells by seed. p-values are two-sided: paired "
+            "t-test (scipy.stats.ttest_rel) and Wilcoxon signed-rank (scipy.stats.wilcoxon, "
+            "zero differences dropped); 'n/a' where undefined (fewer than 2 pairs, or all "
+            f"differences zero or equal).{wilcoxon_floor} The verdicts use the t-test at "
+            f"α={ALPHA} on test ACC and AUC only; each verdict states how many tests it "
+            "covers, and only the Holm-adjusted p-values it quotes correct for multiple "
+            "comparisons. Robust-accuracy tests are descriptive and uncorrected.", ""]

@@ -1,0 +1,28 @@
+"""Ways of making synthetic training images, behind one seam (synthesis.base).
+
+  baseline       none: real images only (NoSynthesis)
+  latent_noise   dec(z0 + u), u random at TSynD's latent budget (latent.LatentNoise)
+  tsynd_mi       latent ascent of the classifier's mutual information (latent.TSynD)
+  tsynd_entropy  the same ascent of the predictive entropy (latent.TSynDEntropy)
+
+A new method is one module with a `SynthesisMethod` subclass and one entry in METHODS.
+"""
+
+from tsynd_tf.synthesis.base import Context, NoSynthesis, Pool, SynthesisMethod
+from tsynd_tf.synthesis.latent import LatentNoise, TSynD, TSynDEntropy
+from tsynd_tf.synthesis.latent_ascent import RENDERINGS
+
+METHODS = {
+    "baseline": NoSynthesis,
+    "latent_noise": LatentNoise,
+    "tsynd_mi": TSynD,
+    "tsynd_entropy": TSynDEntropy,
+}
+
+__all__ = ["Context", "Pool", "SynthesisMethod", "METHODS", "RENDERINGS", "create"]
+
+
+def create(name: str, context: Context) -> SynthesisMethod:
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; one of {list(METHODS)}.")
+    return METHODS[name](context)

@@ -1,0 +1,160 @@
+"""Synthesis in the autoencoder's latent space: TSynD and its latent-noise control.
+
+`fit` trains the run's autoencoder on the labelled images (or the whole training split with
+--ae_use_unlabelled). Each round then draws source images x from the labelled set (with
+replacement when the pool is larger), encodes z0 = enc(x), moves z0 inside the ball of
+radius epsilon * ||z0|| (`move`: at random for `latent_noise`, by gradient ascent of the
+classifier's uncertainty for `tsynd_*`) and renders the moved latent as an image
+(--synthesis: dec(z*), or x + dec(z*) - dec(z0)). A synthetic image keeps its source's label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tsynd_tf import data, uncertainty
+from tsynd_tf.data.pipeline import for_fit, to_uint8
+from tsynd_tf.synthesis.base import Pool, SynthesisMethod
+from tsynd_tf.synthesis.latent_ascent import LatentAscent, latent_noise, render
+
+log = logging.getLogger(__name__)
+
+
+class LatentMethod(SynthesisMethod):
+    """The shared schedule of the latent methods; subclasses say how z0 moves."""
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.encoder, self.decoder, self.autoencoder = context.autoencoder
+        self.labelled = None
+
+    def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
+        config, context = self.config, self.context
+        self.labelled = labelled
+        if int(context.ae_epoch) >= config.ae_epochs:
+            return
+        images = unlabelled.images if config.ae_use_unlabelled else labelled.images
+        to_pair = lambda x: (x, x)  # noqa: E731 - reconstruction target is the input
+        # --steps_per_epoch applies here too: at 1% (one batch of labelled images) one pass
+        # per epoch would give the autoencoder ~30 steps, and its decodes would be grey blurs.
+        steps = config.steps_per_epoch or math.ceil(len(images) / config.batch_size)
+        # fit() keeps one iterator across epochs: a resumed stage skips the batches it saw.
+        train = for_fit(data.make_pipeline(images, None, config.batch_size, shuffle=True,
+                                           seed=config.seed, repeat=True).map(to_pair)
+                        .skip(int(context.ae_epoch) * steps))
+        # Iterated afresh every epoch, where autotuning stalls (uncertainty.without_autotuning).
+        val = for_fit(uncertainty.without_autotuning(data.make_pipeline(
+            context.val_images, None, context.eval_batch_size).map(to_pair)))
+        log.info("Autoencoder on %d images, epochs %d..%d.", len(images),
+                 int(context.ae_epoch), config.ae_epochs)
+        self.autoencoder.fit(train, validation_data=val, epochs=config.ae_epochs,
+                             steps_per_epoch=steps, initial_epoch=int(context.ae_epoch),
+                             verbose=context.verbose,
+                             callbacks=context.stage_callbacks("autoencoder"), shuffle=False)
+
+    def move(self, round_index: int, anchors: np.ndarray, classifier) -> np.ndarray:
+        """The moved latents z*, one per anchor z0."""
+        raise NotImplementedError
+
+    def pool(self, round_index: int, classifier, n: int) -> Pool:
+        infer, start = self.context.infer, time.time()
+        rng = np.random.default_rng(self.config.seed * 1000 + round_index)
+        sources = rng.choice(len(self.labelled), size=n, replace=n > len(self.labelled))
+        source_images = self.labelled.images[sources].astype(np.float32) / 255.0
+        anchors = infer(self.encoder, source_images)
+        latents = self.move(round_index, anchors, classifier)
+        reconstructions = infer(self.decoder, anchors)
+        synthetic = render(source_images, reconstructions, infer(self.decoder, latents),
+                           self.config.synthesis)
+        pool = Pool(to_uint8(synthetic), self.labelled.targets[sources],
+                    {"source_indices": self.context.labelled_indices[sources]})
+        self.log_pool(round_index, classifier, (source_images, reconstructions, synthetic),
+                      anchors, latents, pool.targets, time.time() - start)
+        return pool
+
+    def log_pool(self, round_index, classifier, images, anchors, latents, targets,
+                 seconds) -> None:
+        """TensorBoard: MC uncertainty of real, reconstructed and synthetic images, the latent
+        distance moved, and a grid of examples."""
+        context = self.context
+        sources, reconstructions, synthetic = images
+        measures = {}
+        for name, batch in zip(("real", "reconstruction", "synthetic"), images):
+            batches = data.make_pipeline(to_uint8(batch), targets, context.eval_batch_size)
+            measures[name] = uncertainty.mc_predict(classifier, batches, self.config.num_samples,
+                                                    context.info.multilabel)
+        distance = (np.linalg.norm((latents - anchors).reshape(len(anchors), -1), axis=1) /
+                    np.linalg.norm(anchors.reshape(len(anchors), -1), axis=1))
+        with context.writer.as_default(step=round_index):
+            for name, out in measures.items():
+                tf.summary.scalar(f"generation/mi_{name}", out["mutual_information"].mean())
+                tf.summary.scalar(f"generation/entropy_{name}",
+                                  out["predictive_entropy"].mean())
+                tf.summary.histogram(f"generation/mi_{name}_histogram", out["mutual_information"])
+            tf.summary.scalar("generation/relative_latent_distance", distance.mean())
+            tf.summary.scalar("generation/seconds", seconds)
+            shown = slice(0, 8)
+            rows = [sources[shown], reconstructions[shown], synthetic[shown],
+                    np.abs(synthetic[shown] - reconstructions[shown])]
+            grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+            tf.summary.image("generation/original_reconstruction_synthetic_difference",
+                             grid[None], max_outputs=1)
+        log.info("Round %d pool: %d images in %.1fs; MI real %.4f, reconstruction %.4f, "
+                 "synthetic %.4f; latent distance %.3f of ||z0||.", round_index,
+                 len(synthetic), seconds, measures["real"]["mutual_information"].mean(),
+                 measures["reconstruction"]["mutual_information"].mean(),
+                 measures["synthetic"]["mutual_information"].mean(), distance.mean())
+
+
+class LatentNoise(LatentMethod):
+    """`latent_noise`: z0 moved to a uniformly random point on the sphere of TSynD's budget."""
+
+    def move(self, round_index, anchors, classifier):
+        return latent_noise(anchors, self.config.epsilon,
+                            self.config.seed * 1000 + round_index).numpy()
+
+
+class TSynD(LatentMethod):
+    """`tsynd_mi`: z0 moved by projected gradient ascent of the classifier's mutual
+    information (BALD) of dec(z); `tsynd_entropy` ascends the predictive entropy."""
+
+    objective = "mi"
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.ascent = None
+
+    def ascent_for(self, classifier, n: int) -> LatentAscent:
+        """The ascent over a pool of n latents, built once (under the run's strategy)."""
+        if self.ascent is None or self.ascent.classifier is not classifier or \
+                self.ascent.latents.shape[0] != n:
+            config = self.config
+            with self.context.strategy.scope():
+                self.ascent = LatentAscent(
+                    self.decoder, classifier, n, objective=self.objective,
+                    epsilon=config.epsilon, step_size=config.step_size,
+                    num_samples=config.num_samples, multilabel=self.context.info.multilabel)
+                self.ascent.compile(optimizer=None, jit_compile=config.jit_compile)
+        return self.ascent
+
+    def move(self, round_index, anchors, classifier):
+        config = self.config
+        ascent = self.ascent_for(classifier, len(anchors))
+        ascent.start_from(anchors)
+        # Under a strategy each replica steps its share of every batch of latents.
+        batch_size = uncertainty.images_per_call(config.batch_size,
+                                                 self.decoder.output_shape[1:],
+                                                 config.num_samples)
+        ascent.fit(for_fit(uncertainty.without_autotuning(
+                       tf.data.Dataset.range(len(anchors)).batch(batch_size))),
+                   epochs=config.ascent_steps, verbose=self.context.verbose, shuffle=False)
+        return ascent.latents.numpy()
+
+
+class TSynDEntropy(TSynD):
+    objective = "entropy"
