@@ -164,23 +164,42 @@ def test_report_claims_table_pairs_the_methods_it_has(report):
     page, records = report["page"], report["records"]
     rows = [line for line in page.splitlines() if line.startswith("| ") and "| `tiny` |" in line
             and "`tsynd_mi` − `baseline`" in line]
-    claims = [row.split("|")[1].strip() for row in rows]
-    # Only tsynd_mi and baseline ran: no latent_noise or entropy claims.
-    assert claims == ["more accurate with few labels", "higher AUC with few labels",
-                      "more robust to noise and attacks"]
-    by = {r["method"]: r["metrics"] for r in records}
-    robust = [k for k in by["baseline"] if re.fullmatch(r"(gaussian|fgsm|pgd)_[0-9.]+/acc", k)
-              and float(k.split("_")[1][:-len("/acc")]) > 0]  # σ=0 is clean accuracy
-    assert len(robust) == 3
-    expected = [by["tsynd_mi"]["test/acc"] - by["baseline"]["test/acc"],
-                by["tsynd_mi"]["test/auc"] - by["baseline"]["test/auc"],
-                np.mean([by["tsynd_mi"][k] for k in robust]) -
-                np.mean([by["baseline"][k] for k in robust])]
-    for row, delta in zip(rows, expected):
+    claims = [tuple(c.strip() for c in row.split("|")[1:3]) for row in rows]
+    # Only tsynd_mi and baseline ran: no latent_noise or entropy claims. New runs record the
+    # end of training: a row beside each clean claim; robustness only best on validation.
+    assert claims == [("more accurate with few labels", "best on val."),
+                      ("more accurate with few labels", "end of training"),
+                      ("higher AUC with few labels", "best on val."),
+                      ("higher AUC with few labels", "end of training"),
+                      ("more robust to noise and attacks", "best on val.")]
+    assert "2 of 2 cells record it" in page
+    by = {r["method"]: r for r in records}
+
+    def robust_area(method):  # mean over families of the normalised balanced-ACC area
+        metrics, areas = by[method]["metrics"], []
+        for family in ("gaussian", "fgsm", "pgd"):
+            points = [(0.0, metrics["test/balanced_acc"])]
+            for key, value in metrics.items():
+                match = re.fullmatch(rf"{family}_([0-9.]+)/balanced_acc", key)
+                if match and float(match[1]) > 0:  # σ=0: the clean point
+                    points.append((float(match[1]), value))
+            x, y = map(np.array, zip(*sorted(points)))
+            areas.append(np.trapezoid(y, x) / x.max())
+        return np.mean(areas)
+
+    def delta(key, source="metrics"):
+        return by["tsynd_mi"][source][key] - by["baseline"][source][key]
+
+    expected = [delta("test/acc"), delta("last/test/acc", "training"), delta("test/auc"),
+                delta("last/test/auc", "training"), robust_area("tsynd_mi") - robust_area(
+                    "baseline")]
+    for row, value in zip(rows, expected):
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[3] == "1" and cells[4] == f"{delta:+.3f}", row
-        assert cells[5:] == ["n/a", "n/a", "no test (fewer than 2 pairs, or all differences "
+        assert cells[4] == "1" and cells[5] == f"{value:+.3f}", row
+        assert cells[6:] == ["n/a", "n/a", "no test (fewer than 2 pairs, or all differences "
                                            "equal)"], row
+    # The config's robustness-area table.
+    assert "| method | Gaussian ACC | Gaussian bal. ACC | FGSM ACC |" in page
 
 
 def test_report_states_the_sweep_command_and_wall_time(report):
@@ -204,7 +223,7 @@ def test_report_p_values_are_na_with_one_seed(report):
     assert len(rows) == 2 + 3  # ACC, AUC and the 3 robust accuracies
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[2] == "1" and cells[4:] == ["n/a", "n/a", "n/a"], row
+        assert cells[2] == "1" and cells[4:] == ["n/a", "n/a", "n/a", "n/a"], row
     assert "No verdict: paired tests need at least 2 seeds" in report["page"]
 
 

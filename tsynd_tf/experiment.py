@@ -14,6 +14,12 @@ sweep's command and the cell's UTC start and finish, from which the report gives
 wall time. Each start that has cells to run first appends a plan line (every cell of its
 grid, finished or not), so the report can name the cells a stopped sweep left.
 
+Robustness grids: where a config CONFIG.cfg has a grid flagfile robustness/CONFIG.cfg beside
+it (written by `tsynd_tf.grid`), its strengths replace --eval_args' for that config's cells.
+--rerun_before=TIME runs the cells whose latest line finished before TIME again (a run
+directory still there resumes, a finished one is only re-evaluated; else it is retrained);
+the new line supersedes the old one in the report, and a restart skips what it re-ran.
+
 Exit codes are `tsynd_tf.cli`'s: 1 when some cell failed (start the sweep again to retry
 it), 2 for a bad flag.
 """
@@ -45,6 +51,8 @@ flags.DEFINE_string("eval_args", "--gaussian_sigmas=0,0.05,0.1,0.2 --fgsm_epsilo
                     "--pgd_epsilons=0.004,0.016", "Flags of tsynd_tf.evaluate for every cell, "
                     "space-separated.")
 flags.DEFINE_integer("workers", 1, "Cells run at once; each gets cores / workers threads.")
+flags.DEFINE_string("rerun_before", None, "UTC ISO time (e.g. 2026-12-01T20:30:00+00:00): "
+                    "cells whose latest line finished before it run again.")
 flags.mark_flags_as_required(["configs", "sweep_dir"])
 
 FLAGS = flags.FLAGS
@@ -62,8 +70,34 @@ def sweep_command() -> str:
     return shlex.join(["python", "-m", "tsynd_tf.experiment", *sys.argv[1:]])
 
 
-def finished_cells(results_path: Path) -> set[str]:
-    return {record["cell"] for record in read_json_lines(results_path) if "cell" in record}
+def grid_flagfile(config: str) -> Path | None:
+    """robustness/<config>.cfg beside the config's flagfile, if a grid was chosen for it."""
+    path = Path(config).parent / "robustness" / Path(config).name
+    return path if path.is_file() else None
+
+
+def finished_cells(results_path: Path,
+                   rerun_before: datetime.datetime | None = None) -> set[str]:
+    """Cells with a line in the results, less those whose latest line finished before
+    `rerun_before` (lines without a finish time count as before it)."""
+    latest = {r["cell"]: r for r in read_json_lines(results_path) if "cell" in r}
+    if rerun_before is None:
+        return set(latest)
+    return {cell for cell, r in latest.items() if r.get("finished") and
+            datetime.datetime.fromisoformat(r["finished"]) >= rerun_before}
+
+
+def parse_rerun_before(text: str | None) -> datetime.datetime | None:
+    if text is None:
+        return None
+    try:
+        cutoff = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        cutoff = None
+    if cutoff is None or cutoff.tzinfo is None:
+        raise cli.UsageError(f"--rerun_before={text!r} must be an ISO time with its UTC "
+                             "offset, e.g. 2026-12-01T20:30:00+00:00.")
+    return cutoff
 
 
 def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int) -> dict:
@@ -80,6 +114,8 @@ def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int)
         "evaluate": [sys.executable, "-m", "tsynd_tf.evaluate", f"--run_dir={run_dir}",
                      f"--seed={seed}", *shlex.split(FLAGS.eval_args)],
     }
+    if grid_flagfile(config):  # last: its strengths win over --eval_args'
+        steps["evaluate"].append(f"--flagfile={grid_flagfile(config)}")
     seconds, started = {}, utc_now()
     with open(log_path, "a") as log:
         for step, command in steps.items():
@@ -111,9 +147,10 @@ def main(argv):
         raise cli.UsageError(f"--configs: no such flagfile {missing}.")
     if FLAGS.workers < 1 or FLAGS.num_seeds < 1:
         raise cli.UsageError("--workers and --num_seeds must be >= 1.")
+    rerun_before = parse_rerun_before(FLAGS.rerun_before)
     sweep = SweepDir(FLAGS.sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
-    done = finished_cells(sweep.results_file)
+    done = finished_cells(sweep.results_file, rerun_before)
     # Seed-major order: an interrupted sweep has every config x method for the first seeds.
     grid = [(config, method, seed) for seed in range(FLAGS.num_seeds)
             for config in FLAGS.configs for method in FLAGS.methods]

@@ -4,8 +4,10 @@
 Modules (this package imports none of them; only `model_figures` imports TensorFlow when
 imported):
   records        the results lines, `Config` (a config's cells), run and machine facts
-  stats          mean ± std, paired t-test and Wilcoxon, Holm, p-value formatting
+  stats          mean ± std, paired t-test and Wilcoxon, detectable difference, Holm,
+                 normalised areas, p-value formatting
   tables         the markdown sections: header, claims, overview, settings, per config, ...
+  robust_tables  per config: robustness areas per attack family, corruption errors
   figures        figures of the records: ACC/AUC vs labelled fraction, robustness
   model_figures  figures of one seed's models: MI histograms, synthetic grid, Grad-CAM
   page           the page in order, written with its figures (and to TensorBoard)

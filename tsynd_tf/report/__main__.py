@@ -7,7 +7,11 @@ Reads the sweep's results file (one line per finished cell, written by tsynd_tf.
 and the cells' run directories. Every number on the page is computed here from those files.
 Per config (dataset x labelled fraction): mean ± std over seeds of every method, paired
 differences between methods (seeds pair cells with the same labelled subset, autoencoder and
-initialisation) with paired t-test and Wilcoxon p-values, and a verdict line. Figures: test
+initialisation) with paired t-test and Wilcoxon p-values and the minimal detectable
+difference, robustness as normalised areas under accuracy-vs-strength curves, balanced
+error under corruptions relative to clean (cells evaluated with --corruptions), and a
+verdict line; the paper's claims on the best-on-validation classifier and, where cells
+recorded it, the classifier at the end of training. Figures: test
 ACC/AUC vs labelled fraction, robust accuracy vs noise/attack strength, and, from one seed's
 models (--model_figures), MI histograms of real vs synthetic images, synthetic examples and
 Grad-CAM maps. The models' data is found like the sweep's: the runs' --data_dir, else

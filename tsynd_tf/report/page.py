@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tsynd_tf import cli
 from tsynd_tf.fileio import atomic_path
-from tsynd_tf.report import figures, records, tables
+from tsynd_tf.report import figures, records, robust_tables, tables
 
 
 def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
@@ -29,6 +29,8 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
              *tables.settings_section(configs), "## Results per config", ""]
     for config in configs:
         lines += tables.config_section(config, robust)
+        lines += robust_tables.area_section(config) + robust_tables.corruption_section(config)
+        lines += tables.paired_section(config, robust)
     lines += tables.reference_section(configs)
     lines += figures.figures_section(configs, robust, figures_dir, output.parent)
     if model_figures:

@@ -1,5 +1,6 @@
 """A sweep's records: its results lines (finished cells, plan lines), their grouping into
-configs (`Config`), the metric names the page shows, and facts about the runs and the
+configs (`Config`), the metric names the page shows and the values it derives per cell
+(robustness areas, corruption errors relative to clean), and facts about the runs and the
 machine (selected epochs, compute and wall time, hardware).
 
 Run directories are read through tsynd_tf.runs (the one module that names their files). It
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tsynd_tf.fileio import read_json_lines
+from tsynd_tf.report.stats import normalised_area
 
 # Page order of the methods (synthesis.METHODS registers them; importing it would import
 # TensorFlow); a method not listed sorts after these, by name.
@@ -28,7 +30,15 @@ CLEAN_METRICS = {"test/acc": "ACC", "test/auc": "AUC", "test/balanced_acc": "bal
                  "test/nll": "NLL", "test/ece": "ECE", "test/mutual_information": "test MI"}
 VERDICT_METRICS = {"test/acc": "ACC", "test/auc": "AUC"}
 ROBUST_FAMILIES = {"gaussian": "Gaussian σ", "fgsm": "FGSM ε", "pgd": "PGD ε"}
-ROBUST_MEAN = "robust/mean_acc"  # Config.values: per seed, mean accuracy over noise/attacks
+# Robustness curves: metric -> name. Config.values derives, per seed, 'area/<metric>/<family>'
+# (normalised area under metric vs strength, strength 0 = clean) and 'area/<metric>' (its
+# mean over the config's families); ROBUST_AREA is the page's robustness claim.
+ROBUST_METRICS = {"acc": "ACC", "balanced_acc": "bal. ACC"}
+ROBUST_AREA = "area/balanced_acc"
+# Config.values derives 'corruption_vs_clean[/<name>[/<severity>]]': balanced error under a
+# corruption minus the clean one, averaged over severities and corruptions where not given.
+CORRUPTION_VS_CLEAN = "corruption_vs_clean"
+END_OF_TRAINING = "last/"  # results.json prefix of the classifier at the end of training
 
 
 def _runs():
@@ -78,6 +88,7 @@ class Config:
         self.num_labelled = first["training"]["num_labelled"]
         self.methods = sorted({r["method"] for r in records}, key=method_key)
         self.seeds = sorted({r["seed"] for r in records})
+        self._robust, self._corruptions = {}, None  # caches of robust() and corruptions()
 
     @property
     def label(self) -> str:
@@ -105,19 +116,73 @@ class Config:
         return [r for r in self.records if r["method"] == method]
 
     def values(self, method: str, key: str) -> dict[int, float]:
-        """seed -> metric of `method` (undefined metrics left out)."""
-        if key == ROBUST_MEAN:
-            keys = [k for _, _, k in robust_keys(self.records)]
-            per_key = [self.values(method, k) for k in keys]
-            seeds = set.intersection(*(set(v) for v in per_key)) if keys else set()
-            return {s: float(np.mean([v[s] for v in per_key])) for s in sorted(seeds)}
+        """seed -> metric of `method` (undefined metrics left out): an evaluation metric,
+        else a training result (val/..., last/...), or a derived 'area/...' or
+        'corruption_vs_clean...' value (see the constants above)."""
+        if key.startswith("area/"):
+            return self.per_seed(method, lambda r: self.area(r, *key.split("/")[1:]))
+        if key.split("/")[0] == CORRUPTION_VS_CLEAN:
+            return self.per_seed(method, lambda r: self.corruption_vs_clean(
+                r, *key.split("/")[1:]))
+        # Evaluation metrics first; validation ones come from the training results.
+        return self.per_seed(method, lambda r: r["metrics"].get(
+            key, r.get("training", {}).get(key)))
+
+    def per_seed(self, method: str, value_of) -> dict[int, float]:
+        """seed -> value_of(record) of `method`, leaving out None and non-finite values."""
         out = {}
         for r in self.by_method(method):
-            # Evaluation metrics first; validation ones come from the training results.
-            value = r["metrics"].get(key, r.get("training", {}).get(key))
+            value = value_of(r)
             if value is not None and math.isfinite(value):
                 out[r["seed"]] = float(value)
         return out
+
+    def robust(self, metric: str = "acc") -> list[tuple[str, float, str]]:
+        """robust_keys of this config's records for `metric` (cached)."""
+        if metric not in self._robust:
+            self._robust[metric] = robust_keys(self.records, metric)
+        return self._robust[metric]
+
+    def area(self, record: dict, metric: str, family: str | None = None) -> float | None:
+        """The cell's normalised area of `metric` vs strength for `family` (clean value at
+        strength 0), or without a family its mean over the config's families; None where
+        the cell lacks a strength the config ran (e.g. no balanced_acc in older cells)."""
+        metrics = record["metrics"]
+        families = [family] if family else list(dict.fromkeys(f for f, _, _ in
+                                                               self.robust(metric)))
+        areas = []
+        for name in families:
+            points = {0.0: metrics.get(f"test/{metric}")}
+            points.update({s: metrics.get(k) for f, s, k in self.robust(metric) if f == name})
+            if len(points) < 2 or not all(v is not None and math.isfinite(v)
+                                          for v in points.values()):
+                return None
+            areas.append(normalised_area(points))
+        return float(np.mean(areas)) if areas else None
+
+    def corruptions(self) -> dict[str, list[int]]:
+        """corruption name -> severities that this config's cells evaluated (cached)."""
+        if self._corruptions is None:
+            self._corruptions = corruption_names(self.records)
+        return self._corruptions
+
+    def corruption_vs_clean(self, record: dict, name: str | None = None,
+                            severity: str | None = None) -> float | None:
+        """Balanced error under corruption `name` at `severity` minus the clean balanced
+        error (= clean minus corrupted balanced accuracy), averaged over the config's
+        severities without one and over its corruptions without a name; None where the
+        cell lacks one of them."""
+        metrics = record["metrics"]
+        names = [name] if name else list(self.corruptions())
+        errors = []
+        for corruption in names:
+            levels = [int(severity)] if severity else self.corruptions().get(corruption, [])
+            for level in levels:
+                value = metrics.get(f"corruption/{corruption}_{level}/balanced_acc")
+                if value is None or "test/balanced_acc" not in metrics:
+                    return None
+                errors.append(metrics["test/balanced_acc"] - value)
+        return float(np.mean(errors)) if errors else None
 
     def comparisons(self) -> list[tuple[str, str]]:
         pairs = [(m, "baseline") for m in self.methods if m != "baseline"]
@@ -131,16 +196,34 @@ def group_configs(records: list[dict], sweep_dir: Path) -> list[Config]:
     return sorted(configs, key=lambda c: (c.dataset, c.num_labelled, c.train_fraction, c.name))
 
 
-def robust_keys(records: list[dict]) -> list[tuple[str, float, str]]:
-    """(family, strength, metric key) of every noise/attack accuracy in the records, except
-    Gaussian σ=0 (identical to clean accuracy by construction: same dropout masks)."""
+def robust_keys(records: list[dict], metric: str = "acc") -> list[tuple[str, float, str]]:
+    """(family, strength, metric key) of every noise/attack `metric` in the records, except
+    Gaussian σ=0 (identical to the clean metric by construction: same dropout masks)."""
     found = set()
     for r in records:
         for key in r["metrics"]:
-            match = re.fullmatch(r"(gaussian|fgsm|pgd)_([0-9.eE+-]+)/acc", key)
+            match = re.fullmatch(rf"(gaussian|fgsm|pgd)_([0-9.eE+-]+)/{metric}", key)
             if match and not (match[1] == "gaussian" and float(match[2]) == 0):
                 found.add((match[1], float(match[2]), key))
     return sorted(found, key=lambda k: (list(ROBUST_FAMILIES).index(k[0]), k[1]))
+
+
+def corruption_names(records: list[dict]) -> dict[str, list[int]]:
+    """corruption name -> sorted severities of every 'corruption/<name>_<severity>/
+    balanced_acc' in the records, names sorted."""
+    found = {}
+    for r in records:
+        for key in r["metrics"]:
+            match = re.fullmatch(r"corruption/(.+)_([0-9]+)/balanced_acc", key)
+            if match:
+                found.setdefault(match[1], set()).add(int(match[2]))
+    return {name: sorted(found[name]) for name in sorted(found)}
+
+
+def end_of_training_cells(records: list[dict]) -> int:
+    """How many cells record the classifier at the end of training (last/test/...)."""
+    return sum(any(k.startswith(END_OF_TRAINING + "test/") for k in r.get("training", {}))
+               for r in records)
 
 
 # ----------------------------------------------------------------------------- run facts

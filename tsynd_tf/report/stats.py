@@ -1,5 +1,6 @@
-"""The page's statistics: mean ± std over seeds, paired tests of two methods over seeds,
-Holm-Bonferroni adjustment, and the formatting of p-values and means. Pure functions of
+"""The page's statistics: mean ± std over seeds, paired tests of two methods over seeds with
+their minimal detectable difference, Holm-Bonferroni adjustment, the normalised area under a
+metric-vs-strength curve, and the formatting of p-values and means. Pure functions of
 numbers (numpy and scipy): no files, no TensorFlow."""
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ import math
 import warnings
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 ALPHA = 0.05  # significance level of every test on the page
+POWER = 0.8  # power of the minimal detectable difference
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -22,26 +24,62 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def paired_test(a: dict[int, float], b: dict[int, float]) -> dict:
-    """a - b over the seeds in both: n, mean difference, 95% t-interval, paired t-test and
-    Wilcoxon signed-rank p-values (two-sided). A p-value is None where it is undefined: fewer
+    """a - b over the seeds in both: n, mean difference, sample std of the differences (sd),
+    95% t-interval, paired t-test and Wilcoxon signed-rank p-values (two-sided), and the
+    minimal detectable difference (mdd, see below). sd is None with fewer than 2 pairs
+    (0.0 when all differences are equal). A p-value is None where it is undefined: fewer
     than 2 pairs, or differences all zero (Wilcoxon) or all equal (t-test)."""
     seeds = sorted(set(a) & set(b))
     x, y = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
     diff = x - y
     diff[np.abs(diff) < 1e-12] = 0.0  # equal metrics computed along other float paths
     out = {"n": len(seeds), "mean": float(diff.mean()) if len(seeds) else math.nan,
-           "ci": None, "t_p": None, "wilcoxon_p": None}
+           "sd": None, "ci": None, "t_p": None, "wilcoxon_p": None, "mdd": None}
     if len(seeds) < 2:
         return out
+    out["sd"] = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if np.ptp(diff) > 1e-12:
+            out["sd"] = float(diff.std(ddof=1))
             out["t_p"] = float(stats.ttest_rel(x, y).pvalue)
-            half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+            half = stats.t.ppf(0.975, len(diff) - 1) * out["sd"] / math.sqrt(len(diff))
             out["ci"] = (out["mean"] - half, out["mean"] + half)
         if np.any(diff != 0):
             out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
+    out["mdd"] = minimal_detectable_difference(len(seeds), out["sd"])
     return out
+
+
+def minimal_detectable_difference(n: int, sd: float | None, alpha: float = ALPHA,
+                                  power: float = POWER) -> float | None:
+    """The smallest true mean difference that a two-sided paired t-test at `alpha` over n
+    pairs, whose differences have standard deviation sd, rejects with probability `power`:
+    delta = nc * sd / sqrt(n), nc solving P(|T| > t_crit) = power for T noncentral t with
+    n - 1 degrees of freedom and noncentrality nc. None with fewer than 2 pairs or sd zero
+    or undefined."""
+    if n < 2 or sd is None or not math.isfinite(sd) or sd <= 0:
+        return None
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(nc: float) -> float:  # both tails; P(T_nc < -c) = P(T_-nc > c)
+        return stats.nct.sf(critical, df, nc) + stats.nct.sf(critical, df, -nc) - power
+
+    high = 4.0
+    while shortfall(high) < 0:  # power grows with nc; at nc = 0 it is alpha < power
+        high *= 2
+    nc = optimize.brentq(shortfall, 0.0, high, xtol=1e-10)
+    return float(nc * sd / math.sqrt(n))
+
+
+def normalised_area(points: dict[float, float]) -> float:
+    """Area under the curve strength -> value (trapezoid over the sorted strengths) divided
+    by the strength range: a flat curve scores its value. Needs two strengths or more."""
+    x, y = map(np.array, zip(*sorted(points.items()))) if points else ([], [])
+    if len(x) < 2 or x[-1] == x[0]:
+        raise ValueError(f"An area needs two different strengths; got {sorted(points)}.")
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
 
 
 def holm(p_values: list[float]) -> list[float]:

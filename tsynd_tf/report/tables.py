@@ -1,7 +1,8 @@
 """The markdown sections of the page, in its order: header, the paper's claims, overview,
-settings, one section per config (verdict, metrics, robustness, paired differences),
-full-data reference and statistics notes. Each returns its lines; every number comes from
-the records (records.Config) through the statistics of `stats`."""
+settings, one section per config (verdict, metrics, robust accuracy; then the areas and
+corruptions of `robust_tables`; then paired differences), full-data reference and
+statistics notes. Each returns its lines; every number comes from the records
+(records.Config) through the statistics of `stats`."""
 
 from __future__ import annotations
 
@@ -15,26 +16,38 @@ import numpy as np
 
 from tsynd_tf.report.records import (
     CLEAN_METRICS,
+    END_OF_TRAINING,
+    ROBUST_AREA,
     ROBUST_FAMILIES,
-    ROBUST_MEAN,
     VERDICT_METRICS,
     Config,
     busy_hours,
     cell_seconds,
+    end_of_training_cells,
     hardware,
     pre_synthetic_counts,
     sweep_folder,
 )
-from tsynd_tf.report.stats import ALPHA, format_mean_std, format_p, holm, p_is, paired_test
+from tsynd_tf.report.stats import (
+    ALPHA,
+    POWER,
+    format_mean_std,
+    format_p,
+    holm,
+    p_is,
+    paired_test,
+)
 
 # The paper's claims as paired comparisons: (claim, method, compared with, metric key).
 CLAIMS = (
     ("more accurate with few labels", "tsynd_mi", "baseline", "test/acc"),
     ("higher AUC with few labels", "tsynd_mi", "baseline", "test/auc"),
-    ("more robust to noise and attacks", "tsynd_mi", "baseline", ROBUST_MEAN),
+    ("more robust to noise and attacks", "tsynd_mi", "baseline", ROBUST_AREA),
     ("targeted beats random latent noise", "tsynd_mi", "latent_noise", "test/acc"),
     ("MI beats predictive entropy", "tsynd_mi", "tsynd_entropy", "test/acc"),
 )
+# The claims table's classifiers: the headline, and the end of training (clean claims only).
+HEADLINE_VIEW, END_VIEW = "best on val.", "end of training"
 # Published full-data reference, ResNet-18 at 28 px, test split; not computed here.
 PUBLISHED_RESNET18_28 = {
     "source": "MedMNIST v2, Yang et al. 2023, Table",
@@ -125,39 +138,79 @@ def time_lines(records: list[dict]) -> list[str]:
 # ----------------------------------------------------------------------------- summaries
 
 
-def claims_section(configs: list[Config]) -> list[str]:
-    """The paper's claims, each a paired test per low-data config, in one table."""
-    rows, tests = [], []  # tests: the paired_test result of each row
+def claim_tests(configs: list[Config]) -> list[tuple[str, str, Config, str, str, dict]]:
+    """(claim, view, config, method, compared with, paired_test) of every claims row: each
+    claim in every low-data config with both methods on the best-on-validation classifier,
+    and a clean claim also at the end of training where cells recorded it."""
+    tests = []
     for claim, a, b, key in CLAIMS:
         for config in configs:
             if config.full_data or not {a, b} <= set(config.methods):
                 continue
-            r = paired_test(config.values(a, key), config.values(b, key))
-            rows.append([claim, f"`{config.name}`", f"`{a}` − `{b}`", r["n"],
-                         f"{r['mean']:+.3f}", format_p(r["t_p"])])
-            tests.append(r)
-    if not rows:
+            tests.append((claim, HEADLINE_VIEW, config, a, b,
+                          paired_test(config.values(a, key), config.values(b, key))))
+            if key in VERDICT_METRICS:
+                last = END_OF_TRAINING + key
+                end = paired_test(config.values(a, last), config.values(b, last))
+                if end["n"]:
+                    tests.append((claim, END_VIEW, config, a, b, end))
+    return tests
+
+
+def claim_outcome(result: dict, adjusted: float | None) -> str:
+    """holds / reversed (after Holm or not) / not shown (with the detectable difference) /
+    no test."""
+    p, mean = result["t_p"], result["mean"]
+    if p is None:
+        return "no test (fewer than 2 pairs, or all differences equal)"
+    if p >= ALPHA:
+        return "not shown" + (f"; detectable: ≥ {result['mdd']:.3f}" if result["mdd"] else "")
+    outcome = "**holds**" if mean > 0 else "**reversed** (worse)"
+    return outcome + ("" if adjusted < ALPHA else " (not after Holm)")
+
+
+def claims_section(configs: list[Config]) -> list[str]:
+    """The paper's claims, each a paired test per low-data config, in one table."""
+    tests = claim_tests(configs)
+    if not tests:
         return []
-    defined = [i for i, r in enumerate(tests) if r["t_p"] is not None]
-    adjusted = dict(zip(defined, holm([tests[i]["t_p"] for i in defined])))
-    for i, row in enumerate(rows):
-        p, mean = tests[i]["t_p"], tests[i]["mean"]
-        if p is None:
-            outcome = "no test (fewer than 2 pairs, or all differences equal)"
-        elif p >= ALPHA:
-            outcome = "not shown"
-        else:
-            outcome = "**holds**" if mean > 0 else "**reversed** (worse)"
-            outcome += "" if adjusted[i] < ALPHA else " (not after Holm)"
-        row += [format_p(adjusted.get(i)), outcome]
+    defined = [i for i, t in enumerate(tests) if t[5]["t_p"] is not None]
+    adjusted = dict(zip(defined, holm([tests[i][5]["t_p"] for i in defined])))
+    rows = [[claim, view, f"`{config.name}`", f"`{a}` − `{b}`", r["n"],
+             f"{r['mean']:+.3f}" if r["n"] else "–",
+             format_p(r["t_p"]), format_p(adjusted.get(i)), claim_outcome(r, adjusted.get(i))]
+            for i, (claim, view, config, a, b, r) in enumerate(tests)]
     return ["## The paper's claims", "",
             "Each claim as a paired comparison over seeds in every low-data config: mean Δ "
             "(first method minus second), two-sided paired t-test p, Holm-adjusted over all "
-            f"rows of this table, outcome at α={ALPHA}. *Robust* is the per-seed mean accuracy "
-            "over all noise and attack settings of the tables below. 'not shown' means no "
-            "significant difference either way.", "",
-            markdown_table(["claim", "config", "comparison", "n pairs", "mean Δ", "t-test p",
-                            "Holm p", "outcome"], rows), ""]
+            f"rows of this table, outcome at α={ALPHA}. 'not shown' means no significant "
+            "difference either way; *detectable* is the smallest true mean Δ that this test "
+            f"would detect with {POWER:.0%} power at α={ALPHA} given the pairs and the "
+            "observed spread of their differences (a smaller effect may exist unseen).", "",
+            f"*Classifier*: **{HEADLINE_VIEW}**, the headline, is the checkpoint with the best "
+            "validation AUC, the protocol of the paper and of MedMNIST. In some cells that "
+            "classifier predates every synthetic pool (*pre-synth.* in the Overview), so its "
+            "comparison measures checkpoint selection rather than synthetic data; the "
+            f"*{END_VIEW}* rows compare the classifiers after the last epoch, what the "
+            f"method did to the classifier. {end_of_training_note(configs)}", "",
+            "*Robust* (best on validation only): per seed, the normalised area under the "
+            "balanced-accuracy-vs-strength curve (strength 0: clean), averaged over the "
+            "noise/attack families evaluated (Gaussian, FGSM, PGD; the area tables per "
+            "config below). A classifier that collapses to one class scores 0.5 with two "
+            "classes (1/classes in general), not its class's share.", "",
+            markdown_table(["claim", "classifier", "config", "comparison", "n pairs",
+                            "mean Δ", "t-test p", "Holm p", "outcome"], rows), ""]
+
+
+def end_of_training_note(configs: list[Config]) -> str:
+    """How many cells have the end-of-training view, for the claims table's caption."""
+    records = [r for c in configs for r in c.records]
+    count = end_of_training_cells(records)
+    if not count:
+        return (f"No cell records it yet (0 of {len(records)}: runs from before training "
+                "recorded the end-of-training classifier), so this table has no such rows.")
+    return (f"{count} of {len(records)} cells record it; its rows, for the clean claims "
+            "only, pair the seeds where both methods have it and join the Holm family.")
 
 
 def overview_section(configs: list[Config]) -> list[str]:
@@ -256,7 +309,7 @@ def config_section(config: Config, robust: list[tuple[str, float, str]]) -> list
                                  [[f"`{m}`", *(format_mean_std(config.values(m, k).values())
                                                for _, _, k in robust)]
                                   for m in config.methods]), ""]
-    return lines + paired_section(config, robust)
+    return lines
 
 
 def paired_section(config: Config, robust: list[tuple[str, float, str]]) -> list[str]:
@@ -264,9 +317,10 @@ def paired_section(config: Config, robust: list[tuple[str, float, str]]) -> list
     if not config.comparisons():
         return []
     header = ["comparison", "metric", "n pairs", "mean Δ", "95% CI (t)", "t-test p",
-              "Wilcoxon p"]
+              "Wilcoxon p", "detectable Δ"]
     lines = ["Paired differences (same seed = same labelled subset, autoencoder and "
-             "initialisation).", "",
+             "initialisation). *detectable Δ*: the smallest true |mean Δ| the t-test detects "
+             f"with {POWER:.0%} power at α={ALPHA} (see Statistics).", "",
              markdown_table(header, paired_rows(config, list(VERDICT_METRICS.items()))), ""]
     if robust:
         robust_metrics = [(k, robust_label(f, s) + " acc") for f, s, k in robust]
@@ -284,7 +338,8 @@ def paired_rows(config: Config, keys: list[tuple[str, str]]) -> list[list]:
             r = paired_test(config.values(a, key), config.values(b, key))
             ci = f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r["ci"] else "n/a"
             rows.append([f"`{a}` − `{b}`", name, r["n"], f"{r['mean']:+.3f}", ci,
-                         format_p(r["t_p"]), format_p(r["wilcoxon_p"])])
+                         format_p(r["t_p"]), format_p(r["wilcoxon_p"]),
+                         f"{r['mdd']:.3f}" if r["mdd"] else "n/a"])
     return rows
 
 
@@ -324,4 +379,12 @@ def statistics_notes(configs: list[Config]) -> list[str]:
             f"differences zero or equal).{wilcoxon_floor} The verdicts use the t-test at "
             f"α={ALPHA} on test ACC and AUC only; each verdict states how many tests it "
             "covers, and only the Holm-adjusted p-values it quotes correct for multiple "
-            "comparisons. Robust-accuracy tests are descriptive and uncorrected.", ""]
+            "comparisons. Robust-accuracy tests are descriptive and uncorrected. The "
+            "detectable difference of a comparison (claims table, paired differences) is the "
+            f"true mean Δ at which the two-sided paired t-test at α={ALPHA} over its n pairs "
+            f"has {POWER:.0%} power, given the observed std sd of the differences: "
+            "nc · sd / √n, with nc the noncentrality at which the noncentral t with n − 1 "
+            "degrees of freedom exceeds the critical t with that probability "
+            "(scipy.stats.nct, scipy.optimize.brentq); for many pairs it tends to "
+            "(z₀.₉₇₅ + z₀.₈) · sd / √n ≈ 2.8 · sd / √n. It is computed from the same data "
+            "as the test, so it describes this sweep's resolution, not a planned power.", ""]
