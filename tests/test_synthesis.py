@@ -185,3 +185,26 @@ def test_every_method_starts_from_the_same_classifier(tmp_path, medmnist_dir):
     for method, values in weights.items():
         for got, want in zip(values, weights["baseline"], strict=True):
             np.testing.assert_array_equal(got, want, err_msg=method)
+
+
+def test_augment_pools_are_seeded_label_keeping_variations_of_labelled_images(
+        tmp_path, medmnist_dir):
+    from tsynd_tf import training
+    from tsynd_tf.runs import RunDir
+
+    config = tiny_config(tmp_path, medmnist_dir, method="augment", rounds=1)
+    trainer = training.Trainer(config, RunDir(tmp_path))
+    results = trainer.run()
+    assert results["num_synthetic"] == 32
+    pool = RunDir(tmp_path).read_pool(0)
+    position = {int(index): i for i, index in enumerate(trainer.labelled)}
+    sources = np.array([position[int(index)] for index in pool["source_indices"]])
+    real = trainer.real.images[sources]
+    assert pool["images"].shape == real.shape and pool["images"].dtype == np.uint8
+    np.testing.assert_array_equal(pool["targets"], trainer.real.targets[sources])
+    difference = np.abs(pool["images"].astype(float) - real) / 255
+    assert 0.01 < difference.mean() < 0.25  # changed, yet the same image
+    again = trainer.method.pool(0, trainer.classifier, 32)  # a regenerated pool: the same
+    np.testing.assert_array_equal(again.images, pool["images"])
+    assert not np.array_equal(trainer.method.pool(1, trainer.classifier, 32).images,
+                              pool["images"])

@@ -24,7 +24,7 @@ from tsynd_tf.report.stats import normalised_area
 
 # Page order of the methods (synthesis.METHODS registers them; importing it would import
 # TensorFlow); a method not listed sorts after these, by name.
-METHOD_ORDER = ("baseline", "latent_noise", "tsynd_mi", "tsynd_entropy")
+METHOD_ORDER = ("baseline", "augment", "latent_noise", "tsynd_mi", "tsynd_entropy")
 EXTRA_COMPARISONS = (("tsynd_mi", "tsynd_entropy"), ("tsynd_mi", "latent_noise"))
 CLEAN_METRICS = {"test/acc": "ACC", "test/auc": "AUC", "test/balanced_acc": "bal. ACC",
                  "test/nll": "NLL", "test/ece": "ECE", "test/mutual_information": "test MI"}

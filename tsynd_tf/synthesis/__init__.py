@@ -4,10 +4,12 @@
   latent_noise   dec(z0 + u), u random at TSynD's latent budget (latent.LatentNoise)
   tsynd_mi       latent ascent of the classifier's mutual information (latent.TSynD)
   tsynd_entropy  the same ascent of the predictive entropy (latent.TSynDEntropy)
+  augment        augmented copies of labelled images, a fixed policy (augment.Augment)
 
 A new method is one module with a `SynthesisMethod` subclass and one entry in METHODS.
 """
 
+from tsynd_tf.synthesis.augment import Augment
 from tsynd_tf.synthesis.base import Context, NoSynthesis, Pool, SynthesisMethod
 from tsynd_tf.synthesis.latent import LatentNoise, TSynD, TSynDEntropy
 from tsynd_tf.synthesis.latent_ascent import RENDERINGS
@@ -17,6 +19,7 @@ METHODS = {
     "latent_noise": LatentNoise,
     "tsynd_mi": TSynD,
     "tsynd_entropy": TSynDEntropy,
+    "augment": Augment,
 }
 
 __all__ = ["Context", "Pool", "SynthesisMethod", "METHODS", "RENDERINGS", "create"]
