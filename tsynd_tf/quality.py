@@ -1,0 +1,97 @@
+"""How good a set of synthetic images is, from features: FID, KID, precision/recall, label
+fidelity and diversity. Pure functions of feature arrays (numpy/scipy).
+
+The features come from a reference classifier trained on the dataset's own training split,
+not from ImageNet Inception weights: nothing may be downloaded at run time. The numbers are
+therefore in-domain measures, comparable between methods on one dataset and reference, and
+not with published FIDs.
+
+  frechet_distance   FID: ||mu_r - mu_s||^2 + Tr(S_r + S_s - 2 (S_r S_s)^(1/2))
+  kernel_distance    KID: unbiased MMD^2 with the cubic polynomial kernel
+                     k(x, y) = (x.y / d + 1)^3, averaged over random subsets (Binkowski 2018)
+  precision_recall   improved precision and recall, k-NN balls (Kynkaanniemi et al. 2019)
+  label_fidelity     share of synthetic images the reference classifier gives their label
+  diversity          mean pairwise feature distance within each class, synthetic / real
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg
+from scipy.spatial.distance import cdist, pdist
+
+
+def _as_features(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"features must be (N >= 2, D); got shape {x.shape}")
+    return x
+
+
+def frechet_distance(real, synthetic) -> float:
+    real, synthetic = _as_features(real), _as_features(synthetic)
+    mu_r, mu_s = real.mean(0), synthetic.mean(0)
+    cov_r = np.atleast_2d(np.cov(real, rowvar=False))
+    cov_s = np.atleast_2d(np.cov(synthetic, rowvar=False))
+    root = linalg.sqrtm(cov_r @ cov_s)
+    if not np.isfinite(root).all():  # a singular product: regularise, as the FID code does
+        offset = np.eye(len(cov_r)) * 1e-6
+        root = linalg.sqrtm((cov_r + offset) @ (cov_s + offset))
+    value = np.sum((mu_r - mu_s) ** 2) + np.trace(cov_r + cov_s - 2.0 * np.real(root))
+    return float(max(value, 0.0))
+
+
+def _unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    k_xx, k_yy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3
+    k_xy = (x @ y.T / d + 1) ** 3
+    m, n = len(x), len(y)
+    return float((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) +
+                 (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1)) - 2 * k_xy.mean())
+
+
+def kernel_distance(real, synthetic, subsets: int = 10, subset_size: int = 1000,
+                    seed: int = 0) -> float:
+    """KID; unbiased, so a set against itself is ~0 and may be slightly negative."""
+    real, synthetic = _as_features(real), _as_features(synthetic)
+    size = min(subset_size, len(real), len(synthetic))
+    rng = np.random.default_rng(seed)
+    return float(np.mean([
+        _unbiased_mmd2(real[rng.choice(len(real), size, replace=False)],
+                       synthetic[rng.choice(len(synthetic), size, replace=False)])
+        for _ in range(subsets)]))
+
+
+def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    distances = cdist(x, x)
+    return np.sort(distances, axis=1)[:, k]  # column 0 is the point itself
+
+
+def precision_recall(real, synthetic, k: int = 3) -> tuple[float, float]:
+    """Precision: share of synthetic points inside some real point's k-NN ball (realism);
+    recall: share of real points inside some synthetic point's ball (coverage)."""
+    real, synthetic = _as_features(real), _as_features(synthetic)
+    if min(len(real), len(synthetic)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} points per set")
+    across = cdist(synthetic, real)
+    precision = np.mean((across <= _knn_radii(real, k)[None, :]).any(axis=1))
+    recall = np.mean((across.T <= _knn_radii(synthetic, k)[None, :]).any(axis=1))
+    return float(precision), float(recall)
+
+
+def label_fidelity(reference_probs, targets) -> float:
+    """Share of images whose reference prediction is their given (one-hot) label."""
+    return float(np.mean(np.argmax(reference_probs, 1) == np.argmax(targets, 1)))
+
+
+def diversity(real, real_targets, synthetic, synthetic_targets) -> float:
+    """Mean pairwise distance within a class, synthetic over real, averaged over the classes
+    both sets hold twice or more: 1 is as diverse as the real images, 0 is one image."""
+    real, synthetic = _as_features(real), _as_features(synthetic)
+    ratios = []
+    for c in range(np.asarray(real_targets).shape[1]):
+        r = real[np.argmax(real_targets, 1) == c]
+        s = synthetic[np.argmax(synthetic_targets, 1) == c]
+        if len(r) >= 2 and len(s) >= 2:
+            ratios.append(pdist(s).mean() / max(pdist(r).mean(), 1e-12))
+    return float(np.mean(ratios)) if ratios else float("nan")
