@@ -25,7 +25,8 @@ def test_frozen():
     ({"train_fraction": 0.0}, "--train_fraction"),
     ({"batch_size": 1}, "--batch_size must be >= 2"),
     ({"ae_width": 0}, "--ae_width"),
-    ({"dataset": "folder", "size": 30}, None),  # valid: any even size >= 14
+    ({"dataset": "folder", "data_dir": "/x", "size": 30}, None),  # valid: any even size >= 14
+    ({"dataset": "folder", "size": 30}, "--dataset=folder needs --data_dir"),
 ])
 def test_validation_names_the_flag(values, message):
     if message is None:

@@ -141,15 +141,16 @@ def test_report_tables_have_a_row_per_method(report):
 
 
 def test_report_names_the_planned_cells_a_stopped_sweep_left(sweep, tmp_path):
-    """A restart that plans a second seed whose cells fail (a bad training flag) leaves them
-    unfinished; the page counts them from the plan line and names them."""
+    """A restart that plans a second seed whose cells fail (more labelled images than the
+    data has: valid flags, a failure once the data is read) leaves them unfinished; the page
+    counts them from the plan line and names them."""
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     runs.SweepDir(sweep_dir).results_file.write_text(
         "\n".join(results_lines(sweep["sweep_dir"])) + "\n")
     log = run_module("tsynd_tf.experiment", f"--configs={sweep['config']}",
                      f"--methods={','.join(METHODS)}", "--num_seeds=2",
-                     f"--sweep_dir={sweep_dir}", "--train_args=--no_such_flag=1",
+                     f"--sweep_dir={sweep_dir}", "--train_args=--train_count=10000000",
                      data_dir=sweep["data_dir"], succeeds=False)
     assert "2 cell(s) failed" in log
     page_path = tmp_path / "RESULTS.md"

@@ -208,3 +208,53 @@ def test_augment_pools_are_seeded_label_keeping_variations_of_labelled_images(
     np.testing.assert_array_equal(again.images, pool["images"])
     assert not np.array_equal(trainer.method.pool(1, trainer.classifier, 32).images,
                               pool["images"])
+
+
+def test_diffusion_trains_samples_labelled_images_and_reuses_its_cache(
+        tmp_path, medmnist_dir, caplog):
+    import logging
+
+    from tsynd_tf import training
+    from tsynd_tf.runs import RunDir
+
+    config = tiny_config(tmp_path, medmnist_dir, method="diffusion", rounds=1,
+                         generator_steps=3, ddim_steps=2)
+    trainer = training.Trainer(config, RunDir(tmp_path))
+    trainer.run()
+    pool = RunDir(tmp_path).read_pool(0)
+    assert pool["images"].shape == (32, 28, 28, 1) and pool["images"].dtype == np.uint8
+    assert set(pool["targets"].argmax(1)) <= set(trainer.real.targets.argmax(1))
+    np.testing.assert_array_equal(pool["targets"].sum(1), 1.0)  # one-hot labels
+    assert RunDir(tmp_path).generator_file("diffusion").is_file()
+
+    # A second Trainer on the run (a resume) loads the generator instead of training it.
+    again = training.Trainer(config, RunDir(tmp_path))
+    again.method.model.fit = None  # training it would fail
+    with caplog.at_level(logging.INFO, logger="tsynd_tf"):
+        again.method.fit(again.real, again.dataset.train)
+    assert "Diffusion model loaded from" in caplog.text
+    for got, want in zip(again.method.model.ema.get_weights(),
+                         trainer.method.model.ema.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    # Other recorded settings, or a corrupt file: not trusted.
+    settings = RunDir(tmp_path).generator_settings_file("diffusion")
+    settings.write_text(settings.read_text().replace('"generator_steps": 3',
+                                                     '"generator_steps": 4'))
+    assert not again.method.load_cached()
+    assert "trained with other settings" in caplog.text
+    settings.write_text(settings.read_text().replace('"generator_steps": 4',
+                                                     '"generator_steps": 3'))
+    RunDir(tmp_path).generator_file("diffusion").write_bytes(b"not an h5 file")
+    assert not again.method.load_cached()
+    assert "does not load" in caplog.text
+
+
+def test_diffusion_refuses_a_class_without_labelled_images(tmp_path, medmnist_dir):
+    from tsynd_tf import data, training
+    from tsynd_tf.runs import RunDir
+
+    config = tiny_config(tmp_path, medmnist_dir, method="diffusion", generator_steps=1)
+    trainer = training.Trainer(config, RunDir(tmp_path))
+    normal_only = trainer.real.subset(np.flatnonzero(trainer.real.targets.argmax(1) == 0))
+    with pytest.raises(data.DataError, match="no image of \\['pneumonia'\\]"):
+        trainer.method.fit(normal_only, trainer.dataset.train)

@@ -9,12 +9,14 @@ run's settings do not change while it trains.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from pathlib import Path
 
 from absl import flags
 
 from tsynd_tf import distribute, models, synthesis
-from tsynd_tf.data import FOLDER, KERMANY_GROUP_PATTERN, MEDMNIST_SIZES
+from tsynd_tf.data import FOLDER, KERMANY_GROUP_PATTERN, MEDMNIST_SIZES, available_datasets
 
 # Settings that may differ between a run and its resumption: they do not change the result
 # (`strategy` says how to train, not what: a checkpoint restores under any strategy).
@@ -62,6 +64,12 @@ class TrainConfig:
     epsilon: float = _field(0.3, "Latent ball radius, relative to ||z0||_2.")
     step_size: float = _field(0.25, "Ascent step length, relative to the ball radius.")
     ascent_steps: int = _field(10, "Gradient ascent steps per synthetic image.")
+    generator_steps: int = _field(1500, "Training batches of a generating method's generator "
+                                  "(--method=diffusion), trained once per run and cached.")
+    generator_learning_rate: float = _field(2e-4, "Adam learning rate of that generator.")
+    ddim_steps: int = _field(25, "DDIM sampling steps of --method=diffusion.")
+    guidance_scale: float = _field(1.0, "Classifier-free guidance w of --method=diffusion: "
+                                   "eps = (1 + w) eps(x, y) - w eps(x); 0 = no guidance.")
     synthesis: str = _field("decode", "Synthetic image from the moved latent z*: 'decode' = "
                             "dec(z*) (the paper); 'residual' = x + dec(z*) - dec(z0), the real "
                             "image plus the change the latent move makes.", synthesis.RENDERINGS)
@@ -106,42 +114,39 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Impossible values fail here, before any data is read."""
-        choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(self)
-                   if f.metadata["choices"]}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name} must be one of {list(allowed)}; got "
-                                  f"{getattr(self, name)!r}")
-        checks = [
-            (0.0 < self.train_fraction <= 1.0, "--train_fraction must be in (0, 1]"),
-            (self.train_count >= 0, "--train_count must be >= 0"),
-            (self.dataset == FOLDER or self.size in MEDMNIST_SIZES,
-             f"--size must be one of {MEDMNIST_SIZES} for MedMNIST"),
-            (self.dataset != FOLDER or (self.size >= 14 and self.size % 2 == 0),
-             "--size must be an even number >= 14 for --dataset=folder"),
-            (self.channels in (1, 3), "--channels must be 1 or 3"),
-            (0.0 < self.dropout_rate < 1.0, "--dropout_rate must be in (0, 1)"),
-            (0.0 < self.synthetic_ratio < 1.0, "--synthetic_ratio must be in (0, 1)"),
-            (self.pool_fraction > 0.0, "--pool_fraction must be > 0"),
-            (self.epsilon > 0.0, "--epsilon must be > 0"),
-            (self.step_size > 0.0, "--step_size must be > 0"),
-            (self.ascent_steps >= 1, "--ascent_steps must be >= 1"),
-            (self.num_samples >= 2, "--num_samples must be >= 2 (MI needs several MC samples)"),
-            (self.rounds >= 0 and self.epochs_per_round >= 0 and self.initial_epochs >= 1,
-             "--rounds and --epochs_per_round must be >= 0, --initial_epochs >= 1"),
-            (self.ae_epochs >= 1, "--ae_epochs must be >= 1"),
-            (self.latent_channels >= 1 and self.ae_width >= 1,
-             "--latent_channels and --ae_width must be >= 1"),
-            (self.batch_size >= 2 and self.eval_batch_size >= 1,
-             "--batch_size must be >= 2 and --eval_batch_size >= 1"),
-            (self.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0 (0: one pass)"),
-            (self.learning_rate > 0.0 and self.ae_learning_rate > 0.0,
-             "--learning_rate and --ae_learning_rate must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        """Impossible values fail here, before any data is read: the message names the flag,
+        what it may be and the value given."""
+        for field in dataclasses.fields(self):
+            name, value = field.name, getattr(self, field.name)
+            allowed = field.metadata["choices"]
+            if allowed and value not in allowed:
+                raise ConfigError(f"--{name} must be one of {list(allowed)}; got {value!r}.")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{name} must be a finite number; got {value!r}.")
+        for name, valid, what in _RULES:
+            if not valid(getattr(self, name)):
+                raise ConfigError(f"--{name} must be {what}; got {getattr(self, name)!r}.")
+        self._validate_data()
+
+    def _validate_data(self) -> None:
+        if self.dataset != FOLDER and self.dataset not in available_datasets():
+            raise ConfigError(f"--dataset must be a MedMNIST 2D dataset "
+                              f"({', '.join(available_datasets())}) or '{FOLDER}'; got "
+                              f"{self.dataset!r}.")
+        if self.dataset == FOLDER and not self.data_dir:
+            raise ConfigError(f"--dataset={FOLDER} needs --data_dir=<folder with train/ and "
+                              "test/ class subfolders>.")
+        if self.dataset != FOLDER and self.size not in MEDMNIST_SIZES:
+            raise ConfigError(f"--size must be one of {MEDMNIST_SIZES} for MedMNIST; got "
+                              f"{self.size}.")
+        if self.dataset == FOLDER and not (self.size >= 14 and self.size % 2 == 0):
+            raise ConfigError(f"--size must be an even number >= 14 for --dataset={FOLDER}; "
+                              f"got {self.size}.")
+        try:
+            re.compile(self.group_pattern)
+        except re.error as e:
+            raise ConfigError(f"--group_pattern {self.group_pattern!r} is not a regular "
+                              f"expression ({e}).") from None
 
     # ------------------------------------------------------------------ derived values
     def run_name(self) -> str:
@@ -170,6 +175,52 @@ class TrainConfig:
         if changed:
             raise ConfigError(f"{where} holds a run with other settings {changed} (old, new): "
                               "pass a new --output_dir, or the same flags to resume.")
+
+
+def _at_least(low):
+    return lambda value: value >= low
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _between(low, high):  # the open interval (low, high)
+    return lambda value: low < value < high
+
+
+# The range of every numeric setting, one rule per flag: (field, valid(value), what a valid
+# value is). TrainConfig.validate checks them in this order.
+_RULES = (
+    ("train_fraction", lambda value: 0.0 < value <= 1.0, "in (0, 1]"),
+    ("train_count", _at_least(0), ">= 0 (0: use --train_fraction)"),
+    ("channels", lambda value: value in (1, 3), "1 or 3"),
+    ("val_fraction", _between(0.0, 1.0), "in (0, 1)"),
+    ("rounds", _at_least(0), ">= 0"),
+    ("pool_fraction", _positive, "> 0"),
+    ("synthetic_ratio", _between(0.0, 1.0), "in (0, 1)"),
+    ("epsilon", _positive, "> 0"),
+    ("step_size", _positive, "> 0"),
+    ("ascent_steps", _at_least(1), ">= 1"),
+    ("generator_steps", _at_least(1), ">= 1"),
+    ("generator_learning_rate", _positive, "> 0"),
+    ("ddim_steps", _at_least(1), ">= 1"),
+    ("guidance_scale", _at_least(0.0), ">= 0 (0: no guidance)"),
+    ("dropout_rate", _between(0.0, 1.0), "in (0, 1)"),
+    ("num_samples", _at_least(2), ">= 2 (MI needs several MC samples)"),
+    ("latent_channels", _at_least(1), ">= 1"),
+    ("ae_width", _at_least(1), ">= 1"),
+    ("batch_size", _at_least(2), ">= 2"),
+    ("eval_batch_size", _at_least(1), ">= 1"),
+    ("steps_per_epoch", _at_least(0), ">= 0 (0: one pass)"),
+    ("learning_rate", _positive, "> 0"),
+    ("ae_learning_rate", _positive, "> 0"),
+    ("initial_epochs", _at_least(1), ">= 1"),
+    ("epochs_per_round", _at_least(0), ">= 0"),
+    ("ae_epochs", _at_least(1), ">= 1"),
+    ("seed", lambda value: 0 <= value < 2**32, "in [0, 2**32)"),
+    ("verbose", lambda value: value in (-1, 0, 1, 2), "-1, 0, 1 or 2"),
+)
 
 
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,

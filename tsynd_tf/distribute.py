@@ -43,18 +43,30 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             [device.name for device in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment "
-                             "variable: the cluster's workers and this worker's index "
-                             "(see BUILD.md).")
+            raise _unavailable("--strategy=multi_worker needs the TF_CONFIG environment "
+                               "variable: the cluster's workers and this worker's index "
+                               "(see BUILD.md).")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         patch_keras_for_multi_worker()
         return strategy
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="")
+        except ValueError as e:  # no TPU named by the environment, or none attached
+            raise _unavailable(f"--strategy=tpu found no TPU on this machine ({e}): run on a "
+                               "TPU VM, or use --strategy=default or mirrored.") from None
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"Unknown strategy {name!r}; one of {STRATEGIES}.")
+
+
+def _unavailable(message: str) -> ValueError:
+    """The error for a strategy this machine cannot make: a ConfigError (config imports this
+    module, so it is imported when needed), which the commands report as bad input."""
+    from tsynd_tf.config import ConfigError
+
+    return ConfigError(message)
 
 
 def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:

@@ -17,15 +17,16 @@ import math
 import time
 from pathlib import Path
 
-from absl import flags, logging
+from absl import flags
 
 from tsynd_tf import cli
+from tsynd_tf.fileio import unwritable
 
 flags.DEFINE_string("run_dir", None, "Training run directory (config.json, "
                     "classifier.keras).")
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
-flags.DEFINE_integer("num_samples", None, "MC-dropout passes T; default: the run's.",
-                     lower_bound=1)
+flags.DEFINE_integer("num_samples", None, "MC-dropout passes T (>= 2: with one pass the "
+                     "mutual information is always 0); default: the run's.", lower_bound=2)
 flags.DEFINE_integer("batch_size", None, "Images per batch (x T passes); default: the "
                      "run's --eval_batch_size.", lower_bound=1)
 flags.DEFINE_list("gaussian_sigmas", ["0", "0.05", "0.1", "0.2"],
@@ -35,13 +36,15 @@ flags.DEFINE_list("fgsm_epsilons", ["0.002", "0.004", "0.008", "0.016"],
 flags.DEFINE_list("pgd_epsilons", ["0.002", "0.004", "0.008", "0.016"],
                   "L-inf budgets of PGD on [0, 1] images; empty for none.")
 flags.DEFINE_integer("pgd_steps", 10, "PGD steps (step size 2.5 * eps / steps, random "
-                     "start).")
+                     "start).", lower_bound=1)
 flags.DEFINE_bool("corruptions", False, "Also evaluate the MedMNIST-C-style corruptions "
                   "(5 severities each; minutes on a CPU).")
 flags.DEFINE_integer("max_examples", 0, "Evaluate a seeded stratified subset of this many "
-                     "images (0: the whole split). For quick checks only.")
+                     "images, at least one per class (0: the whole split). For quick checks "
+                     "only: it replaces the run's eval_<split>.json like any evaluation.",
+                     lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seed of the dropout masks, noise, PGD starts and "
-                     "corruptions.")
+                     "corruptions.", lower_bound=0)
 flags.mark_flag_as_required("run_dir")
 # Checked at parse time: a wrong path fails before TensorFlow spends seconds importing.
 flags.register_validator(
@@ -89,7 +92,16 @@ def main(argv):
     from tsynd_tf import evaluation, runs
     from tsynd_tf.data import subsample_indices
 
+    why = unwritable(FLAGS.run_dir)
+    if why:
+        raise cli.UsageError(f"--run_dir: {why}; evaluate writes eval_{FLAGS.split}.json "
+                             "there.")
     run = runs.load_run(FLAGS.run_dir)  # RunDirError/DataError: cli reports them, exit 2
+    classes = 1 if run.info.multilabel else run.info.num_classes
+    if 0 < FLAGS.max_examples < classes:
+        raise cli.UsageError(f"--max_examples must be 0 (the whole split) or at least the "
+                             f"number of classes, {classes}: the subset keeps every class; "
+                             f"got {FLAGS.max_examples}.")
     dataset = run.load_dataset()
     num_samples = FLAGS.num_samples or run.config.num_samples
     batch_size = FLAGS.batch_size or run.config.eval_batch_size
@@ -116,11 +128,20 @@ def main(argv):
     }
     # JSON has no NaN: an undefined metric (AUC with one class present) is written as null.
     json_metrics = {k: None if math.isnan(v) else v for k, v in metrics.items()}
+    replaced = replaced_settings(run.directory.read_eval(FLAGS.split), settings)
     path = run.directory.write_eval(FLAGS.split, {"settings": settings,
                                                   "metrics": json_metrics})
     print(format_table(metrics))
-    logging.info("Wrote %s", path)
+    print(f"\nWrote {path}" + (f", replacing an evaluation with other settings "
+                                f"({replaced})." if replaced else "."))
     return cli.EXIT_OK
+
+
+def replaced_settings(previous: dict | None, settings: dict) -> str:
+    """'num_examples 624 -> 64, ...': the settings in which a previous evaluation differs."""
+    old = (previous or {}).get("settings") or {}
+    return ", ".join(f"{key} {old[key]} -> {value}" for key, value in settings.items()
+                     if key in old and key != "seconds" and old[key] != value)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ it (written by `tsynd_tf.grid`), its strengths replace --eval_args' for that con
 directory still there resumes, a finished one is only re-evaluated; else it is retrained);
 the new line supersedes the old one in the report, and a restart skips what it re-ran.
 
+Every cell's training flags (its flagfile, method and --train_args) are checked as train
+would check them before the sweep starts. Each cell's processes die with the sweep (Linux:
+the kernel kills them when the sweep process ends, even by kill -9), so no training outlives
+it; a run directory is trained by one process at a time (runs.RunDir.lock).
+
 Exit codes are `tsynd_tf.cli`'s: 1 when some cell failed (start the sweep again to retry
 it), 2 for a bad flag.
 """
@@ -28,6 +33,7 @@ import concurrent.futures
 import datetime
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -36,7 +42,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from tsynd_tf import cli
-from tsynd_tf.fileio import append_json_line, read_json_lines
+from tsynd_tf.fileio import append_json_line, read_json_lines, unwritable
 from tsynd_tf.runs import SweepDir
 
 flags.DEFINE_list("configs", None, "Training flagfiles, one per dataset x train fraction "
@@ -100,6 +106,50 @@ def parse_rerun_before(text: str | None) -> datetime.datetime | None:
     return cutoff
 
 
+def die_with_parent():
+    """A preexec_fn for the cells' processes: on Linux the kernel SIGKILLs the child when
+    the thread that started it ends, the sweep's death (kill -9 included) with it. None
+    elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()  # before the fork
+    pr_set_pdeathsig = 1
+
+    def preexec():
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the sweep died before prctl took hold
+            os._exit(1)
+
+    return preexec
+
+
+def split_args(flag_name: str) -> list[str]:
+    try:
+        return shlex.split(FLAGS[flag_name].value)
+    except ValueError as e:
+        raise cli.UsageError(f"--{flag_name}={FLAGS[flag_name].value!r} is not a "
+                             f"space-separated list of flags ({e}).") from None
+
+
+def check_cells(configs: list[str], methods: list[str], train_args: list[str]) -> None:
+    """Parses every config x method's training flags as train does, into a TrainConfig: a
+    bad flagfile, method or --train_args fails here, not in every cell."""
+    from tsynd_tf import config as train_config  # imports TensorFlow: seconds
+
+    for path in configs:
+        for method in methods:
+            values = flags.FlagValues()
+            train_config.define_flags(values)
+            try:
+                values(["train", f"--flagfile={path}", f"--method={method}", *train_args])
+                train_config.from_flags(values)
+            except (flags.Error, train_config.ConfigError) as e:
+                raise cli.UsageError(f"the cells of {path} with --method={method} (and "
+                                     f"--train_args) would fail: {e}") from None
+
+
 def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int) -> dict:
     name = cell_name(config, method, seed)
     run_dir = sweep.run(name)
@@ -110,9 +160,9 @@ def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int)
     steps = {
         "train": [sys.executable, "-m", "tsynd_tf.train", f"--flagfile={config}",
                   f"--method={method}", f"--seed={seed}", f"--output_dir={run_dir}",
-                  "--export_dir=", "--verbose=2", *shlex.split(FLAGS.train_args)],
+                  "--export_dir=", "--verbose=2", *split_args("train_args")],
         "evaluate": [sys.executable, "-m", "tsynd_tf.evaluate", f"--run_dir={run_dir}",
-                     f"--seed={seed}", *shlex.split(FLAGS.eval_args)],
+                     f"--seed={seed}", *split_args("eval_args")],
     }
     if grid_flagfile(config):  # last: its strengths win over --eval_args'
         steps["evaluate"].append(f"--flagfile={grid_flagfile(config)}")
@@ -122,7 +172,8 @@ def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int)
             start = time.time()
             log.write(f"\n$ {' '.join(command)}\n")
             log.flush()
-            done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  preexec_fn=die_with_parent())
             if done.returncode != 0:
                 raise RuntimeError(f"{name}: {step} failed (exit {done.returncode}); see "
                                    f"{log_path}")
@@ -148,6 +199,11 @@ def main(argv):
     if FLAGS.workers < 1 or FLAGS.num_seeds < 1:
         raise cli.UsageError("--workers and --num_seeds must be >= 1.")
     rerun_before = parse_rerun_before(FLAGS.rerun_before)
+    why = unwritable(FLAGS.sweep_dir)
+    if why:
+        raise cli.UsageError(f"--sweep_dir: {why}; pass a folder you can write.")
+    split_args("eval_args")
+    check_cells(FLAGS.configs, FLAGS.methods, split_args("train_args"))
     sweep = SweepDir(FLAGS.sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
     done = finished_cells(sweep.results_file, rerun_before)

@@ -5,7 +5,9 @@ results, weights, pools, predictions, a download) or `atomic_directory` (a folde
 SavedModel version). The content is written under a hidden temporary name beside the target,
 flushed to disk, made readable by others (0644 files, 0755 folders) and renamed onto the
 target in one step: a crash leaves the old content or the new, never a torn one, and a
-failed block removes its temporary name.
+failed block removes its temporary name. A folder's temporary name names its writer, so
+`remove_abandoned_directories` can clear what a killed one left. `unwritable` is the check
+the commands make of their output flags before they start.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 # mkstemp/mkdtemp make 0600/0700; results, models and predictions are for others too.
 FILE_MODE, DIRECTORY_MODE = 0o644, 0o755
+# atomic_directory's temporary folders: .<target>.tmp.<pid>@<host>.<random>
+_TEMPORARY_DIRECTORY = re.compile(r"^\..+\.tmp\.(\d+)@(.+)\.[^.]+$")
 
 
 def _fsync(path: str | Path) -> None:
@@ -65,11 +71,14 @@ def atomic_directory(path: str | Path):
     it is flushed and the folder is renamed to `path`, else it is removed.
 
     A published folder is never replaced: FileExistsError if `path` exists by then. The
-    temporary name starts with '.' and is not a number, so TF Serving ignores it.
+    temporary name starts with '.' and is not a number, so TF Serving ignores it; it names
+    the writing process, so that `remove_abandoned_directories` can tell one left by a
+    killed writer.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp.{os.getpid()}@"
+                                f"{socket.gethostname()}."))
     try:
         yield tmp
         os.chmod(tmp, DIRECTORY_MODE)
@@ -80,6 +89,51 @@ def atomic_directory(path: str | Path):
         _fsync(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_abandoned_directories(folder: str | Path) -> list[Path]:
+    """Removes the temporary folders of `atomic_directory` in `folder` whose writer, a
+    process of this host, no longer runs (it was killed mid-write); returns them."""
+    folder, removed = Path(folder), []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+        match = _TEMPORARY_DIRECTORY.match(entry.name)
+        if (match and entry.is_dir() and match.group(2) == socket.gethostname()
+                and not _running(int(match.group(1)))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def unwritable(path: str | Path, directory: bool = True) -> str | None:
+    """Why `path` cannot be written as a folder (or, with directory=False, as a file
+    published by atomic_path), or None when it can. A folder that does not exist yet can be
+    written when its nearest existing parent can: a temporary file made and removed there
+    is the test (it holds for root, read-only mounts and ACLs alike)."""
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != directory:
+        return f"{path} is {'not ' if directory else ''}a folder"
+    existing = path if directory else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test.")
+    except OSError as e:
+        return f"{existing} is not writable ({e.strerror or e})"
+    os.close(fd)
+    os.remove(probe)
+    return None
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -11,11 +11,14 @@ in chunks of --batch_size, so memory does not grow with the number of files.
 Prints the first --show rows and a summary; --output writes every row (CSV or JSON, chosen by
 the extension), published atomically by fileio.atomic_path: file, class, probability (of
 that class), entropy and mi (nats), refer (mi > threshold), then one probability per class.
---mi_threshold overrides the threshold embedded at export.
+--mi_threshold overrides the threshold embedded at export. --output is checked (a file in a
+folder this user can write, not a folder) before any image is read; if writing it fails at
+the end all the same, every row goes to stdout instead.
 
 Exit status (tsynd_tf.cli's convention): 0 when every image was classified; 1 when some file
-could not be read (each is named on stderr and skipped) or no image was found; 2 when --model
-is not a model exported by tsynd_tf.export or the arguments are wrong.
+could not be read (each is named on stderr and skipped), no image was found, or --output
+could not be written at the end; 2 when --model is not a model exported by tsynd_tf.export
+or the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ import itertools
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 from absl import flags
 
 from tsynd_tf import cli
-from tsynd_tf.data.image_folder import IMAGE_SUFFIXES
-from tsynd_tf.fileio import atomic_path
+from tsynd_tf.fileio import atomic_path, unwritable
 
 flags.DEFINE_string("model", None, "Exported model: saved_models/<name>/<version> (or "
                     "saved_models/<name>, meaning its highest version).")
@@ -43,7 +47,7 @@ flags.DEFINE_integer("batch_size", 64, "Images per model call (memory: batch_siz
                      "MC passes).")
 flags.DEFINE_float("mi_threshold", None, "Refer images with mutual information above "
                    "this (nats). Default: the threshold embedded in the model.")
-flags.DEFINE_integer("show", 20, "Rows of the table printed on stdout.")
+flags.DEFINE_integer("show", 20, "Rows of the table printed on stdout.", lower_bound=0)
 flags.mark_flag_as_required("model")
 
 FLAGS = flags.FLAGS
@@ -53,6 +57,10 @@ COLUMNS = ("file", "class", "probability", "entropy", "mi", "refer")
 
 class ModelError(ValueError):
     """--model is not a model exported by tsynd_tf.export."""
+
+
+class OutputError(OSError):
+    """--output could not be written after the images were classified."""
 
 
 # --------------------------------------------------------------------------- model
@@ -112,6 +120,9 @@ def load_model(path):
 
 def iter_paths(arguments):
     """Yields files: arguments that are not folders as given, folders' images recursively."""
+    # Imported here: tsynd_tf.data imports TensorFlow, and argument errors should not wait.
+    from tsynd_tf.data.image_folder import IMAGE_SUFFIXES
+
     for argument in arguments:
         path = Path(argument).expanduser()
         if not path.is_dir():
@@ -177,15 +188,26 @@ class PredictionWriter:
 
 
 @contextlib.contextmanager
-def open_output(path, class_names, header: dict):
-    """A PredictionWriter onto `path`: the file appears, complete, when the block succeeds,
-    and nothing appears under `path` when it fails (fileio.atomic_path)."""
+def open_output(path, class_names, header: dict, fallback=None):
+    """A PredictionWriter whose rows are spooled to an unnamed temporary file and published
+    at `path` (fileio.atomic_path) when the block succeeds; nothing appears under `path`
+    when it fails. If publishing fails (the folder went away, the disk filled), every row
+    goes to `fallback` (stdout) instead and OutputError says so: no prediction is lost."""
     fmt = output_format(path)
-    with atomic_path(Path(path).expanduser()) as tmp, \
-            open(tmp, "w", newline="", encoding="utf-8") as file:
-        writer = PredictionWriter(file, fmt, class_names, header)
+    with tempfile.TemporaryFile("w+", newline="", encoding="utf-8") as spool:
+        writer = PredictionWriter(spool, fmt, class_names, header)
         yield writer
         writer.finish()
+        try:
+            spool.seek(0)
+            with atomic_path(Path(path).expanduser()) as tmp, \
+                    open(tmp, "w", newline="", encoding="utf-8") as file:
+                shutil.copyfileobj(spool, file)
+        except OSError as err:
+            spool.seek(0)
+            shutil.copyfileobj(spool, fallback or sys.stdout)
+            raise OutputError(f"--output {path} could not be written ({type(err).__name__}: "
+                              f"{err}); every prediction was printed on stdout instead.") from err
 
 
 def _format_table(rows) -> str:
@@ -278,19 +300,24 @@ def _check_flags(arguments) -> None:
             output_format(FLAGS.output)
         except ValueError as err:
             raise cli.UsageError(str(err)) from None
+        why = unwritable(FLAGS.output, directory=False)
+        if why:
+            raise cli.UsageError(f"--output: {why}; name a .csv or .json file in a folder "
+                                 "you can write.")
 
 
-def _print_summary(result: Summary, threshold: float, num_samples: int) -> None:
+def _print_summary(result: Summary, threshold: float, num_samples: int,
+                   written: bool) -> None:
     if result.shown:
         print(_format_table(result.shown))
     if result.classified > len(result.shown):
         print(f"... {result.classified - len(result.shown)} more row(s)"
-              + (f" in {FLAGS.output}" if FLAGS.output else ""))
+              + (f" in {FLAGS.output}" if written else ""))
     per_class = ", ".join(f"{name}: {n}" for name, n in result.counts.items())
     print(f"\n{result.classified} image(s) classified ({per_class}); {result.referred} "
           f"referred (MI > {threshold:.4g} nats, T={num_samples}); "
           f"{len(result.failed)} unreadable.")
-    if FLAGS.output:
+    if written:
         print(f"Predictions written to {FLAGS.output}")
 
 
@@ -309,10 +336,17 @@ def main(argv):
             "model": metadata["model_dir"], "dataset_name": metadata["dataset_name"],
             "class_names": metadata["class_names"], "num_samples": metadata["num_samples"],
             "mi_threshold": threshold})
-    with output as writer:
-        result = predict(serve, metadata, arguments, batch_size=FLAGS.batch_size,
-                         mi_threshold=FLAGS.mi_threshold, writer=writer, show=FLAGS.show)
-    _print_summary(result, threshold, metadata["num_samples"])
+    late_failure = None
+    try:
+        with output as writer:
+            result = predict(serve, metadata, arguments, batch_size=FLAGS.batch_size,
+                             mi_threshold=FLAGS.mi_threshold, writer=writer, show=FLAGS.show)
+    except OutputError as err:  # the rows are on stdout; the summary follows them
+        late_failure = str(err)
+    _print_summary(result, threshold, metadata["num_samples"],
+                   written=bool(FLAGS.output) and late_failure is None)
+    if late_failure:
+        cli.fail(late_failure, cli.EXIT_PARTIAL)
     if result.classified == 0 and not result.failed:
         cli.fail("no PNG/JPEG images found in the given paths.", cli.EXIT_PARTIAL)
     if result.failed:

@@ -9,6 +9,7 @@ read it. This is the only module that spells its file names:
                          train and validation share (0 for a split carved by patient)
   checkpoints/           tf.train checkpoints of every stage (resume)
   synthetic/round_XX.npz each round's synthetic pool: images, targets, diagnostics
+  generators/            a generating method's trained generator (weights + settings .json)
   best.weights.h5        the best-on-validation classifier weights so far
   selection.json         which epoch those weights are and its val AUC, written with them
   classifier.keras       the selected MC-dropout classifier, saved when training ends
@@ -17,6 +18,8 @@ read it. This is the only module that spells its file names:
                          the selected epoch and counts
   eval_<split>.json      `evaluate`'s metrics and settings for a split
   tensorboard/           summaries (training, generation, hparams)
+  train.lock             while a process trains the run: its PID, host and start time (one
+                         process per run directory; `RunDir.lock`)
 
 A sweep folder (`SweepDir`) holds runs/<cell>/ run directories, logs/ and results.jsonl.
 All JSON is written atomically (fileio): a crash never leaves a torn file under its name.
@@ -24,12 +27,18 @@ All JSON is written atomically (fileio): a crash never leaves a torn file under 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
+import logging
+import os
+import socket
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tsynd_tf.fileio import atomic_path, read_json, write_json
+from tsynd_tf.fileio import FILE_MODE, atomic_path, read_json, write_json
 
 # tsynd_tf.data (and with it TensorFlow) is imported where it is used: the report reads run
 # directories without TensorFlow.
@@ -37,8 +46,11 @@ if TYPE_CHECKING:
     from tsynd_tf import data
 
 
+log = logging.getLogger(__name__)
+
+
 class RunDirError(ValueError):
-    """A run directory that lacks a file or holds a malformed one."""
+    """A run directory that lacks a file, holds a malformed one, or is in use."""
 
 
 class RunDir:
@@ -65,6 +77,7 @@ class RunDir:
     last_classifier_file = property(lambda self: self.path / "classifier_last.keras")
     results_file = property(lambda self: self.path / "results.json")
     tensorboard = property(lambda self: self.path / "tensorboard")
+    lock_file = property(lambda self: self.path / "train.lock")
 
     def pool_file(self, round_index: int) -> Path:
         return self.synthetic / f"round_{round_index:02d}.npz"
@@ -72,12 +85,74 @@ class RunDir:
     def pool_files(self) -> list[Path]:
         return sorted(self.synthetic.glob("round_*.npz"))
 
+    def generator_file(self, name: str) -> Path:
+        """generators/<name>.weights.h5: a method's trained generator, with the settings it
+        was trained with beside it (<name>.json), so a resumed run reuses it."""
+        return self.path / "generators" / f"{name}.weights.h5"
+
+    def generator_settings_file(self, name: str) -> Path:
+        return self.path / "generators" / f"{name}.json"
+
     def eval_file(self, split: str) -> Path:
         return self.path / f"eval_{split}.json"
 
     def worker(self, task_id: int) -> "RunDir":
         """A non-chief worker's own folder inside the run (multi-worker training)."""
         return RunDir(self.path / f"workertemp_{task_id}")
+
+    # ------------------------------------------------------------------ the lock
+    @contextlib.contextmanager
+    def lock(self):
+        """Holds the run directory for this process (created if need be): an exclusive
+        flock on train.lock, which names the holder. RunDirError when another process holds
+        it. A lock file left by a process that ended without releasing it (kill -9) is
+        taken over with a warning. On exit the lock file is removed, and so is the
+        directory if this call created it and it is empty then (a failed start leaves
+        nothing behind)."""
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = self._acquire_lock()
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.lock_file)  # before unlocking: a waiter checks the inode
+            os.close(fd)
+            if created:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()  # only when empty
+
+    def _acquire_lock(self) -> int:
+        import fcntl
+
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise RunDirError(
+                    f"{self.path} is in use by {holder or 'another process'} (lock file "
+                    f"{self.lock_file}): one process trains a run directory at a time. Wait "
+                    "for it to end or stop it, or pass another --output_dir.") from None
+            try:  # the previous holder may have removed the file between open and flock
+                if os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        stale = _lock_holder(fd)
+        if stale:
+            log.warning("%s names %s, which ended without releasing it; PID %d on %s takes "
+                        "the run directory over.", self.lock_file, stale, os.getpid(),
+                        socket.gethostname())
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started":
+                  datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.fsync(fd)
+        return fd
 
     # ------------------------------------------------------------------ readers/writers
     def read_flags(self) -> dict | None:
@@ -158,6 +233,15 @@ class RunDir:
             return {key: pool[key] for key in pool.files}
 
 
+def _lock_holder(fd: int) -> str | None:
+    """'PID 123 on host h (since ...)' from an open lock file; None when it names none."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+        return f"PID {holder['pid']} on {holder['host']} (since {holder['started']})"
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 class SweepDir:
     """A sweep folder: runs/<cell>/ (run directories), logs/<cell>.log and results.jsonl."""
 
@@ -215,6 +299,17 @@ def load_run(path: str | Path) -> Run:
     try:
         classifier = keras.saving.load_model(run_dir.classifier_file, compile=False)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad archive
-        raise RunDirError(f"Could not load {run_dir.classifier_file} "
-                          f"({type(e).__name__}: {e}).") from e
+        raise RunDirError(_unloadable(run_dir, e)) from e
     return Run(run_dir, config, info, classifier)
+
+
+def _unloadable(run_dir: RunDir, error: Exception) -> str:
+    """Why classifier.keras, which exists, did not load, and how to make it again."""
+    file = run_dir.classifier_file
+    remake = (f"Copy it again, or delete it and {run_dir.results_file.name} and run the same "
+              "train command again: the finished run saves it anew from its best weights.")
+    if not zipfile.is_zipfile(file):
+        return (f"{file} is corrupt: {file.stat().st_size} bytes that are not a Keras archive "
+                f"(truncated or empty, e.g. by a full disk or an interrupted copy). {remake}")
+    return (f"{file} is a zip archive but not a Keras model that this version loads "
+            f"({type(error).__name__}: {error}); it is corrupt or from another Keras. {remake}")

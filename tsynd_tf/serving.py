@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
-from tsynd_tf.fileio import atomic_directory
+from tsynd_tf.fileio import atomic_directory, read_json, remove_abandoned_directories
+
+log = logging.getLogger(__name__)
 
 FORMAT = "tsynd-tf-classifier"
 FORMAT_VERSION = 1
@@ -104,10 +107,26 @@ def choose_mi_threshold(classifier, val_images: np.ndarray, info, num_samples: i
 # --------------------------------------------------------------------------- export
 
 
+def _versions(model_dir: Path) -> list[Path]:
+    """The version folders in model_dir, highest first."""
+    versions = [p for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
+    return sorted(versions, key=lambda p: int(p.name), reverse=True)
+
+
 def _next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] \
-        if model_dir.is_dir() else []
-    return max(versions, default=0) + 1
+    versions = _versions(model_dir)
+    return int(versions[0].name) + 1 if versions else 1
+
+
+def find_export(model_dir: str | Path, run_dir: str | Path) -> Path | None:
+    """The highest complete version in model_dir exported from the run at run_dir (its
+    metadata's run_dir), or None."""
+    run = str(Path(run_dir).resolve())
+    for version in _versions(Path(model_dir).expanduser()):
+        metadata = read_json(version / "assets.extra" / METADATA_FILE) or {}
+        if metadata.get("run_dir") == run and (version / "saved_model.pb").is_file():
+            return version
+    return None
 
 
 def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
@@ -222,6 +241,8 @@ def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
     _check_classifier(classifier, info, num_samples, mi_threshold)
     model_dir = Path(export_dir).expanduser() / (name or info.name)
     model_dir.mkdir(parents=True, exist_ok=True)
+    for abandoned in remove_abandoned_directories(model_dir):
+        log.warning("Removed %s, left by an export that was interrupted.", abandoned)
     version = _next_version(model_dir) if version is None else int(version)
     if version < 1:
         raise ValueError(f"version must be >= 1; got {version}.")

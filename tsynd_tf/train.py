@@ -5,8 +5,11 @@ r"""Trains a classifier with TSynD or one of its baselines.
   tensorboard --logdir runs/
 
 Every flag is a field of config.TrainConfig (its default, help and valid range live there).
-The run directory (--output_dir; runs.RunDir lists what it holds) is resumed when it exists;
-unless --export_dir is empty, a SavedModel is written under <export_dir>/<run name>/1.
+The run directory (--output_dir; runs.RunDir lists what it holds) is resumed when it exists,
+by one process at a time (RunDir.lock); unless --export_dir is empty, a SavedModel is
+written under <export_dir>/<run name>/<version> (1 for a new run name). Running a finished
+run again trains and evaluates nothing and reuses its export (delete results.json to
+evaluate it again; python -m tsynd_tf.export writes a new version).
 """
 
 import dataclasses
@@ -15,6 +18,7 @@ import os
 from absl import flags
 
 from tsynd_tf import cli, config
+from tsynd_tf.fileio import unwritable
 
 config.define_flags()
 FLAGS = flags.FLAGS
@@ -30,6 +34,10 @@ def config_from_flags() -> config.TrainConfig:
     if not settings.output_dir:
         settings = dataclasses.replace(settings,
                                        output_dir=os.path.join("runs", settings.run_name()))
+    for name, fix in (("output_dir", ""), ("export_dir", " (or '' to skip the export)")):
+        why = getattr(settings, name) and unwritable(getattr(settings, name))
+        if why:
+            raise cli.UsageError(f"--{name}: {why}; pass a folder you can write{fix}.")
     return settings
 
 
@@ -39,11 +47,11 @@ def main(argv):
     from tsynd_tf import training  # Deferred: builds nothing before the config is valid.
     from tsynd_tf.runs import RunDir
 
-    trainer = training.Trainer(settings, RunDir(settings.output_dir))
-    results = trainer.run()
-    # In multi-worker training only the chief exports (the others hold the same weights).
-    export_path = (trainer.export(settings.export_dir, settings.run_name())
-                   if settings.export_dir and trainer.is_chief else None)
+    with training.Trainer(settings, RunDir(settings.output_dir), lock=True) as trainer:
+        results = trainer.run()
+        # In multi-worker training only the chief exports (the others hold the same weights).
+        export_path = (trainer.export(settings.export_dir, settings.run_name())
+                       if settings.export_dir and trainer.is_chief else None)
     print(f"\n{settings.run_name()}: test ACC {results['test/acc']:.4f}, AUC "
           f"{results['test/auc']:.4f} (best val AUC {results['val/auc']:.4f}); "
           f"{results['num_synthetic']} synthetic images.\nRun directory: {trainer.run_dir}\n"

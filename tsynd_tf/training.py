@@ -20,10 +20,12 @@ only in what the batches hold: `baseline` real images only; the others a fixed s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -34,7 +36,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tsynd_tf import callbacks, data, distribute, models, synthesis, uncertainty
 from tsynd_tf.config import TrainConfig
 from tsynd_tf.data.pipeline import classifier_batches, for_fit
-from tsynd_tf.runs import RunDir
+from tsynd_tf.runs import RunDir, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,33 @@ def build_classifier(config: TrainConfig, info: data.DatasetInfo, channels: int)
     return classifier
 
 
+def saved_checkpoints(folder: Path) -> list[str]:
+    """The checkpoints the manager's state file lists in `folder`, newest first; where that
+    file is missing or unreadable, the ckpt-N.index files found there."""
+    if not folder.is_dir():
+        return []
+    try:
+        state = tf.train.get_checkpoint_state(str(folder))
+    except ValueError:  # a state file naming no checkpoint
+        state = None
+    if state is not None and state.model_checkpoint_path:
+        return (list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path])[::-1]
+    found = sorted(folder.glob("ckpt-*.index"), key=lambda p: int(p.stem.split("-")[-1]))
+    return [str(p.with_suffix("")) for p in reversed(found)]
+
+
+def checkpoint_files(path: str) -> list[str]:
+    """The files of the checkpoint with prefix `path` (its .index and .data-* shards)."""
+    prefix = Path(path)
+    return [str(p) for p in prefix.parent.glob(prefix.name + ".*")] or [str(prefix)]
+
+
 class Trainer:
     """One run: its data, models, synthesis method, checkpoint and summary writer."""
 
-    def __init__(self, config: TrainConfig, run_dir: RunDir):
+    def __init__(self, config: TrainConfig, run_dir: RunDir, lock: bool = False):
+        """With `lock` (the train command) this process holds its run directory
+        (RunDir.lock) until `close()`, or the end of a `with Trainer(...)` block."""
         self.config = config
         # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime.
         self.strategy = distribute.make_strategy(config.strategy)
@@ -79,6 +104,17 @@ class Trainer:
         self.chief_dir = run_dir
         self.run_dir = (run_dir if self.is_chief else
                         run_dir.worker(distribute.task(self.strategy)[1]))
+        self._held = contextlib.ExitStack()
+        if lock:
+            self._held.enter_context(self.run_dir.lock())
+        try:
+            self.set_up()
+        except BaseException:
+            self.close()  # a failed start leaves no empty run directory behind
+            raise
+
+    def set_up(self) -> None:
+        config = self.config
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         quiet_tensorflow_logs()
         self.verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
@@ -89,6 +125,7 @@ class Trainer:
             log.info("Distributed: %s.", distribute.describe(self.strategy))
         self.writer = tf.summary.create_file_writer(str(self.run_dir.tensorboard))
         self._inference = {}
+        self.finished_before = False  # set by run() when the run had finished already
         # Checkpointed progress (plain variables, outside the strategy's scope).
         self.ae_epoch = tf.Variable(0, dtype=tf.int64, name="ae_epoch")
         self.classifier_epoch = tf.Variable(0, dtype=tf.int64, name="classifier_epoch")
@@ -99,6 +136,16 @@ class Trainer:
         with self.writer.as_default():
             hparams_api.hparams({k: v for k, v in config.to_dict().items()
                                  if isinstance(v, (bool, int, float, str))})
+
+    def close(self) -> None:
+        """Releases the run directory (see `lock`)."""
+        self._held.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def load_data(self) -> None:
         """The dataset, the recorded config and labelled subset, and the fixed pipelines."""
@@ -156,11 +203,13 @@ class Trainer:
             verbose=self.verbose, eval_batch_size=self.eval_batch_size,
             autoencoder=(self.encoder, self.decoder, self.autoencoder), ae_epoch=self.ae_epoch,
             labelled_indices=self.labelled, val_images=self.dataset.val.images,
-            infer=self.infer, stage_callbacks=self.stage_callbacks))
+            infer=self.infer, stage_callbacks=self.stage_callbacks, run_dir=self.run_dir))
 
     def restore(self) -> None:
         """The checkpoint: written after every epoch, restored from the chief's directory
-        (every worker starts from the same state; it restores under any strategy)."""
+        (every worker starts from the same state; it restores under any strategy). A
+        damaged newest checkpoint is named in a warning and the one before it (the manager
+        keeps 2) restored: the run then trains the lost epoch again, to the same result."""
         state = dict(
             autoencoder=self.autoencoder, ae_optimizer=self.autoencoder.optimizer,
             classifier=self.classifier, optimizer=self.classifier.optimizer,
@@ -170,19 +219,35 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(**state, dropout_seed_states=self.dropout_states)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir.checkpoints,
                                                   max_to_keep=2)
-        latest = tf.train.latest_checkpoint(self.chief_dir.checkpoints)
-        if not latest:
+        damaged = []
+        for path in saved_checkpoints(self.chief_dir.checkpoints):
+            try:
+                self.restore_from(path, state)
+            except (tf.errors.OpError, IndexError, ValueError) as e:
+                damaged.append(path)
+                log.warning("Checkpoint %s is damaged (%s: %s); trying the one before it.",
+                            ", ".join(sorted(checkpoint_files(path))), type(e).__name__,
+                            str(e).splitlines()[0] if str(e) else "")
+                continue
+            log.info("Resumed from %s (autoencoder epoch %d, classifier epoch %d).",
+                     path, int(self.ae_epoch), int(self.classifier_epoch))
             return
+        if damaged:
+            raise RunDirError(
+                f"No checkpoint in {self.chief_dir.checkpoints} can be read: "
+                f"{', '.join(f for p in damaged for f in sorted(checkpoint_files(p)))} are "
+                "damaged. The run cannot resume: move the run directory away and train "
+                "again, or pass another --output_dir.")
+
+    def restore_from(self, path: str, state: dict) -> None:
         has_seeds = any(name.startswith("dropout_seed_states/")
-                        for name, _ in tf.train.list_variables(latest))
+                        for name, _ in tf.train.list_variables(path))
         if not has_seeds:
             log.warning("%s was written by an older tsynd-tf, without dropout seeds: the run "
                         "resumes, drawing other dropout masks than an uninterrupted run "
-                        "would.", latest)
+                        "would.", path)
         (self.checkpoint if has_seeds else tf.train.Checkpoint(**state)).restore(
-            latest).assert_existing_objects_matched()
-        log.info("Resumed from %s (autoencoder epoch %d, classifier epoch %d).",
-                 latest, int(self.ae_epoch), int(self.classifier_epoch))
+            path).assert_existing_objects_matched()
 
     def stage_callbacks(self, stage: str) -> list[keras.callbacks.Callback]:
         """The ordered per-epoch work of a stage (callbacks.py)."""
@@ -254,6 +319,11 @@ class Trainer:
         return pool.as_split()
 
     def run(self) -> dict:
+        """Trains what is left and finishes; a run that had finished already is neither
+        trained nor evaluated again: its recorded results are returned."""
+        recorded = self.recorded_results()
+        if recorded is not None:
+            return recorded
         config, start = self.config, time.time()
         self.method.fit(self.real, self.dataset.train)
         self.train_classifier(0, self.stage_start(0), synthetic=None)
@@ -267,6 +337,18 @@ class Trainer:
             self.train_classifier(self.stage_start(round_index),
                                   self.stage_start(round_index + 1), synthetic)
         return self.finish(time.time() - start)
+
+    def recorded_results(self) -> dict | None:
+        """results.json of a run whose checkpoint is at its last epoch, with the selected
+        classifier loaded (for export); None when there is training or finishing left."""
+        results = self.chief_dir.read_results()
+        if results is None or int(self.classifier_epoch) < self.stage_start(self.config.rounds):
+            return None
+        self.finished_before = True
+        self.classifier.load_weights(self.run_dir.best_weights)
+        log.info("%s finished before: nothing is trained or evaluated again (delete %s to "
+                 "evaluate it again).", self.chief_dir, self.chief_dir.results_file.name)
+        return results
 
     def finish(self, seconds: float) -> dict:
         """Both views of the method: the classifier at the end of training and the
@@ -306,9 +388,15 @@ class Trainer:
         return results
 
     def export(self, export_dir: str, name: str):
-        """SavedModel of the best classifier, MI threshold chosen on validation."""
+        """SavedModel of the best classifier, MI threshold chosen on validation. A run that
+        had finished before reuses its export, if it has one (serving.find_export)."""
         from tsynd_tf import serving
 
+        if self.finished_before:
+            existing = serving.find_export(Path(export_dir) / name, self.run_dir.path)
+            if existing is not None:
+                log.info("%s holds this run's export already; not exported again.", existing)
+                return existing
         info, val = self.dataset.info, self.dataset.val
         threshold, rule = serving.choose_mi_threshold(
             self.classifier, val.images, info, self.config.num_samples,

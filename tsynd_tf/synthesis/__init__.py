@@ -5,12 +5,14 @@
   tsynd_mi       latent ascent of the classifier's mutual information (latent.TSynD)
   tsynd_entropy  the same ascent of the predictive entropy (latent.TSynDEntropy)
   augment        augmented copies of labelled images, a fixed policy (augment.Augment)
+  diffusion      samples of a class-conditional diffusion model (diffusion.Diffusion)
 
 A new method is one module with a `SynthesisMethod` subclass and one entry in METHODS.
 """
 
 from tsynd_tf.synthesis.augment import Augment
 from tsynd_tf.synthesis.base import Context, NoSynthesis, Pool, SynthesisMethod
+from tsynd_tf.synthesis.diffusion import Diffusion
 from tsynd_tf.synthesis.latent import LatentNoise, TSynD, TSynDEntropy
 from tsynd_tf.synthesis.latent_ascent import RENDERINGS
 
@@ -20,6 +22,7 @@ METHODS = {
     "tsynd_mi": TSynD,
     "tsynd_entropy": TSynDEntropy,
     "augment": Augment,
+    "diffusion": Diffusion,
 }
 
 __all__ = ["Context", "Pool", "SynthesisMethod", "METHODS", "RENDERINGS", "create"]

@@ -62,6 +62,7 @@ class Context:
     val_images: np.ndarray
     infer: object  # (model, images float [0, 1]) -> np.ndarray, batched, on this worker
     stage_callbacks: object  # (stage: str) -> list[keras.callbacks.Callback]
+    run_dir: object = None  # runs.RunDir: where a method caches its trained generator
 
 
 class SynthesisMethod:

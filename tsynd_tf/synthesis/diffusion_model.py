@@ -1,0 +1,162 @@
+"""A small class-conditional diffusion model in Keras 3: U-Net, training step, DDIM sampler.
+
+  network    a U-Net predicting the noise eps in x_t, conditioned on the noise level (a
+             sinusoidal embedding of t) and the class (an embedding with one extra "no
+             class" row, for classifier-free guidance). Residual blocks with GroupNorm and
+             swish; one down/up level per halving down to 7-8 px, skip connections.
+  schedule   cosine (Nichol & Dhariwal 2021): alpha_bar(t) = cos^2((t + s) / (1 + s) * pi/2),
+             t in [0, 1], s = 0.008; images are scaled to [-1, 1].
+  training   DiffusionModel.train_step: t ~ U(0, 1), x_t = sqrt(ab) x + sqrt(1 - ab) eps, the
+             label replaced by "no class" with probability LABEL_DROPOUT, MSE on eps; an EMA
+             copy of the weights (decay EMA_DECAY) is what samples.
+  sampling   DDIM (eta = 0, Song et al. 2021) over `steps` evenly spaced levels, with
+             classifier-free guidance eps = (1 + w) eps(x, y) - w eps(x, none) (Ho & Salimans
+             2022); one batched call holds the conditional and unconditional halves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from tsynd_tf.models import num_downsamplings
+
+LABEL_DROPOUT, EMA_DECAY, COSINE_OFFSET = 0.1, 0.995, 0.008
+
+
+def alpha_bar(t: tf.Tensor) -> tf.Tensor:
+    """Signal share of x_t at noise level t in [0, 1] (cosine schedule), clipped away from 0."""
+    f = tf.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+    f0 = math.cos(COSINE_OFFSET / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+    return tf.clip_by_value(f / f0, 1e-5, 1.0)
+
+
+def _time_embedding(t: tf.Tensor, dim: int) -> tf.Tensor:
+    half = dim // 2
+    frequencies = tf.exp(-math.log(10000.0) * tf.range(half, dtype=tf.float32) / half)
+    angles = 1000.0 * tf.cast(t, tf.float32)[:, None] * frequencies[None, :]
+    return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
+
+
+class TimeEmbedding(layers.Layer):
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+
+    def call(self, t):
+        return _time_embedding(tf.reshape(t, [-1]), self.dim)
+
+
+def _groups(width: int) -> int:
+    return 8 if width % 8 == 0 else 1
+
+
+def _residual_block(x, embedding, width: int):
+    skip = x if x.shape[-1] == width else layers.Conv2D(width, 1)(x)
+    h = layers.Activation("swish")(layers.GroupNormalization(_groups(x.shape[-1]))(x))
+    h = layers.Conv2D(width, 3, padding="same")(h)
+    h = h + layers.Reshape((1, 1, width))(layers.Dense(width)(embedding))
+    h = layers.Activation("swish")(layers.GroupNormalization(_groups(width))(h))
+    h = layers.Conv2D(width, 3, padding="same")(h)
+    return h + skip
+
+
+def build_unet(size: int, channels: int, num_classes: int, widths=(32, 64, 64),
+               embedding_dim: int = 64) -> keras.Model:
+    """eps_hat = unet([x_t, t, label]); label == num_classes means "no class"."""
+    levels = min(num_downsamplings(size), len(widths) - 1)
+    image = keras.Input((size, size, channels), name="noisy_image")
+    t = keras.Input((), name="noise_level")
+    label = keras.Input((), dtype="int32", name="label")
+    embedding = layers.Dense(embedding_dim, activation="swish")(
+        TimeEmbedding(embedding_dim)(t))
+    embedding = embedding + layers.Flatten()(
+        layers.Embedding(num_classes + 1, embedding_dim)(label))
+    x = layers.Conv2D(widths[0], 3, padding="same")(image)
+    skips = []
+    for level in range(levels + 1):
+        x = _residual_block(x, embedding, widths[level])
+        skips.append(x)
+        if level < levels:
+            x = layers.Conv2D(widths[level + 1], 3, strides=2, padding="same")(x)
+    for level in reversed(range(levels + 1)):
+        if level < levels:
+            x = layers.UpSampling2D(2, interpolation="nearest")(x)
+        x = layers.Concatenate()([x, skips[level]])
+        x = _residual_block(x, embedding, widths[level])
+    x = layers.Activation("swish")(layers.GroupNormalization(_groups(widths[0]))(x))
+    eps = layers.Conv2D(channels, 3, padding="same", dtype="float32", name="noise")(x)
+    return keras.Model([image, t, label], eps, name="diffusion_unet")
+
+
+class DiffusionModel(keras.Model):
+    """Trains `network` to predict noise; `ema` (same architecture) samples."""
+
+    def __init__(self, network: keras.Model, ema: keras.Model, num_classes: int,
+                 seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.network, self.ema, self.num_classes = network, ema, num_classes
+        self.ema.set_weights(network.get_weights())
+        self.generator = keras.random.SeedGenerator(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._guided = tf.function(self._guided_noise, reduce_retracing=True)
+        # All state exists now; `fit` must not try to build this call-less model.
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def train_step(self, batch):
+        images, targets = batch
+        x = images * 2.0 - 1.0
+        n = tf.shape(x)[0]
+        t = keras.random.uniform((n,), seed=self.generator)
+        noise = keras.random.normal(tf.shape(x), seed=self.generator)
+        keep = keras.random.uniform((n,), seed=self.generator) >= LABEL_DROPOUT
+        labels = tf.where(keep, tf.argmax(targets, -1, output_type=tf.int32), self.num_classes)
+        signal = tf.reshape(alpha_bar(t), [-1, 1, 1, 1])
+        noisy = tf.sqrt(signal) * x + tf.sqrt(1.0 - signal) * noise
+        with tf.GradientTape() as tape:
+            predicted = self.network([noisy, t, labels], training=True)
+            loss = tf.reduce_mean(tf.square(tf.cast(predicted, tf.float32) - noise))
+        gradients = tape.gradient(loss, self.network.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.network.trainable_variables))
+        for average, weight in zip(self.ema.weights, self.network.weights):
+            average.assign(EMA_DECAY * average + (1.0 - EMA_DECAY) * weight)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def sample(self, labels: np.ndarray, steps: int, guidance: float, seed: int,
+               batch_size: int = 256) -> np.ndarray:
+        """Images in [0, 1], one per label, by DDIM with classifier-free guidance."""
+        out = []
+        for start in range(0, len(labels), batch_size):
+            chunk = tf.constant(labels[start:start + batch_size], tf.int32)
+            out.append(self._sample(chunk, steps, float(guidance), seed + start).numpy())
+        return np.concatenate(out) if out else np.zeros((0, *self.ema.input_shape[0][1:]))
+
+    def _sample(self, labels, steps: int, guidance: float, seed: int) -> tf.Tensor:
+        n = tf.shape(labels)[0]
+        shape = tf.concat([[n], self.ema.input_shape[0][1:]], 0)
+        x = tf.random.stateless_normal(shape, seed=[seed, 1])
+        levels = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
+        unconditional = tf.fill([n], self.num_classes)
+        for t, t_next in zip(levels[:-1], levels[1:]):
+            eps = self._guided(x, tf.constant(t), labels, unconditional, tf.constant(guidance))
+            signal, signal_next = alpha_bar(t), alpha_bar(tf.constant(t_next))
+            x0 = tf.clip_by_value((x - tf.sqrt(1 - signal) * eps) / tf.sqrt(signal), -1, 1)
+            x = tf.sqrt(signal_next) * x0 + tf.sqrt(1 - signal_next) * eps
+        return (x0 + 1.0) / 2.0
+
+    def _guided_noise(self, x, t, labels, unconditional, guidance):
+        n = tf.shape(x)[0]
+        levels = tf.fill([2 * n], t)
+        both = self.ema([tf.concat([x, x], 0), levels, tf.concat([labels, unconditional], 0)],
+                        training=False)
+        conditional, free = tf.split(tf.cast(both, tf.float32), 2)
+        return (1.0 + guidance) * conditional - guidance * free
