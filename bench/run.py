@@ -248,7 +248,10 @@ def measure_ascent(trainer) -> dict:
         start = time.perf_counter()
         trainer.method.move(0, anchors, trainer.classifier)
         seconds.append(time.perf_counter() - start)
-    steps = config.ascent_steps if config.method.startswith("tsynd") else 1
+    from tsynd_tf.synthesis import TSynD
+
+    # TSynD steps each latent ascent_steps times; latent noise moves it once.
+    steps = config.ascent_steps if isinstance(trainer.method, TSynD) else 1
     result = summary(seconds, pool * steps, "latent-steps/s")
     result.update(pool_size=pool, num_samples=config.num_samples, ascent_steps=steps,
                   batch_size=config.batch_size,

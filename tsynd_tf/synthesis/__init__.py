@@ -25,7 +25,7 @@ METHODS = {
     "diffusion": Diffusion,
 }
 
-__all__ = ["Context", "Pool", "SynthesisMethod", "METHODS", "RENDERINGS", "create"]
+__all__ = ["Context", "Pool", "SynthesisMethod", "TSynD", "METHODS", "RENDERINGS", "create"]
 
 
 def create(name: str, context: Context) -> SynthesisMethod:
