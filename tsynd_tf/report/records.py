@@ -138,9 +138,13 @@ class Config:
         return out
 
     def robust(self, metric: str = "acc") -> list[tuple[str, float, str]]:
-        """robust_keys of this config's records for `metric` (cached)."""
+        """robust_keys of the config's grid for `metric` (cached): the strengths its
+        baseline cells were evaluated at (the grid is chosen on the baseline), else those of
+        all its cells. A cell evaluated on another grid (e.g. before the grid was chosen from
+        the data) then has no area: areas are compared at the same strengths only."""
         if metric not in self._robust:
-            self._robust[metric] = robust_keys(self.records, metric)
+            self._robust[metric] = robust_keys(self.by_method("baseline") or self.records,
+                                               metric)
         return self._robust[metric]
 
     def area(self, record: dict, metric: str, family: str | None = None) -> float | None:
