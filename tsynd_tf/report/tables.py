@@ -55,7 +55,7 @@ PUBLISHED_RESNET18_28 = {
     "breastmnist": {"acc": 0.863, "auc": 0.901},
 }
 # Flags that differ between the cells of one config, or do not change the result.
-CELL_FLAGS = ("method", "seed", "output_dir", "data_dir", "export_dir", "verbose")
+CELL_FLAGS = ("method", "seed", "output_dir", "data_dir", "export_dir", "verbose", "cache_dir")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -302,7 +302,7 @@ def config_section(config: Config, robust: list[tuple[str, float, str]]) -> list
                        for k in (*CLEAN_METRICS, "val/auc")),
                      pre_synthetic_counts(config, method),
                      f"{np.median([cell_seconds(r) for r in cells]) / 60:.1f}"])
-    lines += [markdown_table(header, rows), ""]
+    lines += [markdown_table(header, rows), ""] + split_lines(config)
     if robust:
         lines += ["Accuracy under noise and attacks, mean ± std over seeds.", "",
                   markdown_table(["method", *(robust_label(f, s) for f, s, _ in robust)],
@@ -310,6 +310,19 @@ def config_section(config: Config, robust: list[tuple[str, float, str]]) -> list
                                                for _, _, k in robust)]
                                   for m in config.methods]), ""]
     return lines
+
+
+def split_lines(config: Config) -> list[str]:
+    """Image folders: how many patients train and validation share, per the runs' split.json
+    (0 when validation is carved by patient); nothing for MedMNIST's fixed splits."""
+    splits = [config.run_dir(r).read_split() for r in config.records]
+    shared = sorted({len(split["shared_train_val_groups"]) for split in splits
+                     if split and "shared_train_val_groups" in split})
+    if not shared:
+        return []
+    return [f"Patients (file-name groups, `--group_pattern`) in both train and validation: "
+            f"{', '.join(map(str, shared))} (split.json of each of the "
+            f"{sum(1 for s in splits if s)} runs).", ""]
 
 
 def paired_section(config: Config, robust: list[tuple[str, float, str]]) -> list[str]:
