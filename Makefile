@@ -10,7 +10,7 @@ export TSYND_DATA_DIR ?= $(abspath $(wildcard ../shared/data/medmnist))
 # Extra absl flags for `make run`, e.g. make run ARGS="--method=baseline".
 ARGS ?=
 
-.PHONY: install run test clean
+.PHONY: install install-ray run test clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Optional: Ray, for sweeps on a cluster (experiment --launcher=ray; BUILD.md): the `ray`
+# extra of pyproject.toml. Without it the Ray launcher's tests are skipped.
+install-ray: $(STAMP)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[ray]'
 
 run: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tsynd_tf.train --flagfile=flags/pneumoniamnist_10pct.cfg $(ARGS)

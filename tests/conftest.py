@@ -10,10 +10,12 @@ Fixtures: medmnist_dir, chest_xray_dir, small_xray_dir, pneumonia, trained_class
 write_run_dir (a run directory holding trained_classifier).
 """
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,15 @@ TINY_TRAIN_COUNT = 32
 TINY_TRAIN_FLAGS = [
     "--dataset=pneumoniamnist", f"--train_count={TINY_TRAIN_COUNT}", "--ae_epochs=1",
     "--initial_epochs=1", "--rounds=1", "--epochs_per_round=1", "--ascent_steps=2",
-    "--num_samples=4", "--export_dir=", "--verbose=2",
+    "--num_samples=4", "--export_dir=", "--verbose=2", "--synthetic_multiple=1",
+    "--pool_quality=false",
 ]
+
+
+# Generators and reference classifiers that tests train go to a model cache of the session's
+# own (tsynd_tf.cache), shared by its tests and subprocesses, never the user's.
+os.environ["TSYND_CACHE_DIR"] = tempfile.mkdtemp(prefix="tsynd-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TSYND_CACHE_DIR"], ignore_errors=True)
 
 
 def _require(path: Path) -> Path:
@@ -151,7 +160,8 @@ def trained_classifier(pneumonia):
 @pytest.fixture(scope="session")
 def write_run_dir(trained_classifier, pneumonia, medmnist_dir):
     """write_run_dir(path, **settings) -> runs.RunDir: a finished run of trained_classifier
-    (its config and classifier) at `path`, its TrainConfig with `settings` changed."""
+    (its config, labelled subset and classifier) at `path`, its TrainConfig with `settings`
+    changed."""
     from tsynd_tf.config import TrainConfig
     from tsynd_tf.runs import RunDir
 
@@ -160,6 +170,10 @@ def write_run_dir(trained_classifier, pneumonia, medmnist_dir):
                              train_count=TRAINED_IMAGES, classifier="small_cnn", **settings)
         run_dir = RunDir(path)
         run_dir.write_config(config.to_dict(), pneumonia.info)
+        run_dir.write_subset({"dataset": "pneumoniamnist", "size": 28, "seed": config.seed,
+                              "train_fraction": config.train_fraction,
+                              "train_count": TRAINED_IMAGES, "num_train": len(pneumonia.train),
+                              "indices": list(range(TRAINED_IMAGES))})
         run_dir.save_classifier(trained_classifier)
         return run_dir
 

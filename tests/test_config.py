@@ -20,7 +20,7 @@ def test_frozen():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"method": "gan"}, "--method must be one of"),
+    ({"method": "vae"}, "--method must be one of"),
     ({"classifier": "vit"}, "--classifier must be one of"),
     ({"train_fraction": 0.0}, "--train_fraction"),
     ({"batch_size": 1}, "--batch_size must be >= 2"),

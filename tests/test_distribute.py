@@ -1,5 +1,6 @@
 """tf.distribute on real PneumoniaMNIST: MirroredStrategy over 2 logical CPU devices, a
-checkpoint saved under it restored under the default strategy, and a 2-worker
+checkpoint saved under it restored under the default strategy, MC-dropout masks of their own
+on every replica (and Keras' own with one replica), and a 2-worker
 MultiWorkerMirroredStrategy cluster on 127.0.0.1 whose workers end with the same weights."""
 
 import json
@@ -99,6 +100,75 @@ def test_mirrored_training_restores_under_default_strategy(tmp_path, medmnist_di
     saved = classifier_weights(tmp_path / "classifier.keras")
     for restored, expected in zip(classifier.get_weights(), saved, strict=True):
         np.testing.assert_array_equal(restored, expected)
+
+
+REPLICA_MASKS = """
+import keras, numpy as np, tensorflow as tf
+from tsynd_tf import data, distribute, models
+
+strategy = distribute.make_strategy("mirrored")
+assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+
+
+def per_replica(layer, inputs, calls=2):
+    # Every replica gets the same inputs: only their dropout masks can tell them apart.
+    step = tf.function(lambda: strategy.run(lambda: layer(inputs)))
+    return [[v.numpy() for v in strategy.experimental_local_results(step())]
+            for _ in range(calls)]
+
+
+def masks(seed):
+    with strategy.scope():
+        dropout = models.MCDropout(0.5, seed=seed)
+    return per_replica(dropout, tf.ones((64, 32)))
+
+
+first, second = masks(7)
+for replica_0, replica_1 in (first, second):
+    assert not np.array_equal(replica_0, replica_1), "replicas drew the same masks"
+    for mask in (replica_0, replica_1):  # still dropout at rate 0.5: 0 or 1 / (1 - 0.5)
+        assert set(np.unique(mask)) == {0.0, 2.0} and 0.4 < (mask == 0).mean() < 0.6
+assert not np.array_equal(first[0], second[0]), "a second call drew the same masks"
+again = masks(7)  # reproducible at a seed, replica by replica
+for call, call_again in zip((first, second), again):
+    for mask, mask_again in zip(call, call_again):
+        np.testing.assert_array_equal(mask, mask_again)
+
+keras.utils.set_random_seed(0)
+images = data.load_medmnist("pneumoniamnist", 28, DATA_DIR).test.images[:8] / 255.0
+with strategy.scope():
+    classifier = models.build_classifier("small_cnn", 28, 1, 2)
+[(logits_0, logits_1)] = per_replica(classifier, tf.constant(images, tf.float32), calls=1)
+assert np.abs(logits_0 - logits_1).max() > 1e-3, "replicas' MC samples are identical"
+print("MASKS OK")
+"""
+
+
+def test_replicas_draw_their_own_dropout_masks(medmnist_dir):
+    code = REPLICA_MASKS.replace("DATA_DIR", repr(str(medmnist_dir)))
+    assert "MASKS OK" in run_command([*LOGICAL_CPUS, "-c", code], timeout=300)
+
+
+def test_one_replica_draws_keras_own_dropout_masks():
+    """With one replica (no strategy, or a strategy over one device) MC dropout takes Keras'
+    Dropout path: a single-device run draws bitwise the masks it drew before replicas got
+    their own, so recorded runs resume and reproduce unchanged."""
+    import keras
+    import tensorflow as tf
+
+    from tsynd_tf import models
+
+    inputs = tf.ones((64, 32))
+    for strategy in (tf.distribute.get_strategy(),
+                     tf.distribute.MirroredStrategy(["/cpu:0"])):
+        with strategy.scope():
+            mc_dropout = models.MCDropout(0.3, seed=11)
+            keras_dropout = keras.layers.Dropout(0.3, seed=11)
+        for _ in range(3):  # the seed state advances alike, call after call
+            expected = strategy.run(lambda: keras_dropout(inputs, training=True))
+            drawn = strategy.run(lambda: mc_dropout(inputs))
+            np.testing.assert_array_equal(drawn, expected)
+            assert 0.2 < float(tf.reduce_mean(tf.cast(drawn == 0, tf.float32))) < 0.4
 
 
 def free_ports(count):

@@ -151,7 +151,8 @@ def test_evaluate_cli_writes_results(write_run_dir, tmp_path):
             "corruption/gamma_corr_down/balanced_error",
             "corruption/mean_balanced_error_minus_clean"} <= set(metrics)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(  # no temporary file left
-        p.name for p in (run_dir.classifier_file, run_dir.config_file, run_dir.eval_file("test")))
+        p.name for p in (run_dir.classifier_file, run_dir.config_file, run_dir.subset_file,
+                         run_dir.eval_file("test")))
 
 
 def test_evaluate_cli_explains_bad_input(write_run_dir, tmp_path):

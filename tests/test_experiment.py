@@ -8,12 +8,13 @@ cannot be imported into one process.
 import json
 import re
 import struct
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_COUNT, TINY_TRAIN_FLAGS, run_module
+from conftest import TINY_TRAIN_COUNT, TINY_TRAIN_FLAGS, run_command, run_module
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -80,6 +81,32 @@ def test_restarted_sweep_runs_nothing(sweep):
     assert "2 cells finished, 0 to run" in log
     assert results_lines(sweep["sweep_dir"]) == lines  # nothing to run: no plan line either
     assert {p: p.stat().st_mtime_ns for d in run_dirs for p in d.rglob("*")} == mtimes
+
+
+# The launchers' flag checks come before TensorFlow is imported: seconds each.
+BLOCK_RAY = ("import runpy, sys; sys.modules['ray'] = None; "  # as if Ray were not installed
+             "runpy.run_module('tsynd_tf.experiment', run_name='__main__', alter_sys=True)")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cell_gpus=1", "--ray_address=auto"],
+     "--cell_gpus, --ray_address: only for --launcher=ray."),
+    (["--launcher=ray", "--workers=2"], "--workers is --launcher=local's"),
+    (["--launcher=ray", "--cell_cpus=0"], "--cell_cpus must be >= 1"),
+    (["--launcher=ray", "--ray_address=127.0.0.1:1"],  # no cluster there
+     "--ray_address=127.0.0.1:1: nothing accepts connections there"),
+    (["--launcher=ray"], "--launcher=ray needs Ray, an optional dependency that is not "
+                         "installed"),
+])
+def test_launcher_flags_are_checked_before_any_work(flags, message, tmp_path):
+    config = tmp_path / "tiny.cfg"
+    config.write_text(TINY_CONFIG)
+    output = run_command([sys.executable, "-c", BLOCK_RAY, f"--configs={config}",
+                          f"--sweep_dir={tmp_path / 'sweep'}", *flags], exit_code=2)
+    assert output.stderr.startswith("experiment: error: ") and message in output.stderr
+    if "needs Ray" in message:
+        assert "pip install -e '.[ray]' (or make install-ray)" in output.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_torn_last_line_is_ignored_and_next_append_starts_a_new_line(tmp_path):

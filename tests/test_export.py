@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_command, run_module
+from conftest import TRAINED_IMAGES, run_command, run_module
 
 from tsynd_tf.models import seed_generator_states
 
@@ -21,7 +21,8 @@ NUM_SAMPLES = 10
 @pytest.fixture(scope="module")
 def exported(trained_classifier, write_run_dir, pneumonia, tmp_path_factory):
     """Version 1 by the CLI from a run folder, version 2 in-process (as training does)."""
-    from tsynd_tf.serving import choose_mi_threshold, export_classifier
+    from tsynd_tf.ood import OODScore
+    from tsynd_tf.serving import choose_mi_threshold, choose_ood_threshold, export_classifier
 
     info = pneumonia.info
     root = tmp_path_factory.mktemp("export")
@@ -32,12 +33,18 @@ def exported(trained_classifier, write_run_dir, pneumonia, tmp_path_factory):
 
     threshold, _ = choose_mi_threshold(trained_classifier, pneumonia.val.images, info,
                                        NUM_SAMPLES)
-    path = export_classifier(trained_classifier, info, NUM_SAMPLES, threshold, base)
+    labelled = pneumonia.train.subset(np.arange(TRAINED_IMAGES))
+    ood_score = OODScore.fit(trained_classifier, labelled.images, labelled.targets,
+                             pneumonia.val.images, info.multilabel)
+    ood_threshold, _ = choose_ood_threshold(ood_score, pneumonia.val.images)
+    path = export_classifier(trained_classifier, info, NUM_SAMPLES, threshold, base,
+                             ood_score=ood_score, ood_threshold=ood_threshold)
     # The SavedModel holds the dropout RNG state as it is now: the fresh process's first
     # call draws the same masks as an in-process call from this state.
     states = [v.numpy() for v in seed_generator_states(trained_classifier)]
     return {"base": base, "cli": base / info.name / "1", "inprocess": path, "run_dir": run_dir,
-            "threshold": threshold, "states": states, "cli_out": cli.stdout}
+            "threshold": threshold, "states": states, "cli_out": cli.stdout,
+            "ood_score": ood_score, "ood_threshold": ood_threshold}
 
 
 def test_layout_and_atomicity(exported, trained_classifier, pneumonia):
@@ -53,7 +60,8 @@ def test_layout_and_atomicity(exported, trained_classifier, pneumonia):
     assert "Exported pneumoniamnist" in exported["cli_out"]
     with pytest.raises(ExportError, match="already exists"):
         export_classifier(trained_classifier, pneumonia.info, NUM_SAMPLES, 0.1,
-                          exported["base"], version=1)
+                          exported["base"], version=1, ood_score=exported["ood_score"],
+                          ood_threshold=1.0)
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]
 
 
@@ -152,8 +160,12 @@ def test_fresh_process_matches_in_process(exported, trained_classifier, pneumoni
     clear = np.abs(ref["probs"][:, 0] - ref["probs"][:, 1]) > 1e-4
     np.testing.assert_array_equal(got["predicted_class"][clear],
                                   ref["probs"].argmax(-1)[clear])
+    # The OOD score is deterministic (no dropout): the same as in process, to float rounding.
+    np.testing.assert_allclose(got["ood_score"], exported["ood_score"].scores(images),
+                               rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(got["refer"],
-                                  got["mutual_information"] > exported["threshold"])
+                                  (got["mutual_information"] > exported["threshold"]) |
+                                  (got["ood_score"] > exported["ood_threshold"]))
     # Still stochastic after export: a second call draws new masks.
     assert np.abs(got["second"] - got["probabilities"]).max() > 1e-4
     assert (got["mutual_information"] > 0).mean() > 0.9
@@ -165,11 +177,13 @@ def test_fresh_process_matches_in_process(exported, trained_classifier, pneumoni
         assert (source["size"], source["channels"]) == (28, 1)
         assert source["num_samples"] == NUM_SAMPLES
         assert source["mi_threshold"] == pytest.approx(exported["threshold"])
+        assert source["ood_threshold"] == pytest.approx(exported["ood_threshold"])
     tensors = meta["meta"]
     assert tensors["class_names"] == ["normal", "pneumonia"]
     assert (tensors["dataset_name"], tensors["task"]) == ("pneumoniamnist", "binary-class")
     assert tensors["size"] == 28 and tensors["num_samples"] == NUM_SAMPLES
     assert tensors["mi_threshold"] == pytest.approx(exported["threshold"], rel=1e-6)
+    assert tensors["ood_threshold"] == pytest.approx(exported["ood_threshold"], rel=1e-6)
 
 
 def test_cli_threshold_is_validation_quantile(exported):
@@ -189,7 +203,8 @@ def test_saved_model_cli_shows_signatures(exported):
     assert "dtype: DT_UINT8" in serving and "shape: (-1, 28, 28, 1)" in serving
     for name, dtype in (("probabilities", "DT_FLOAT"), ("predicted_class", "DT_INT64"),
                         ("predictive_entropy", "DT_FLOAT"),
-                        ("mutual_information", "DT_FLOAT")):
+                        ("mutual_information", "DT_FLOAT"), ("ood_score", "DT_FLOAT"),
+                        ("refer", "DT_BOOL")):
         assert f"outputs['{name}'] tensor_info:\n        dtype: {dtype}" in serving
     assert "signature_def['metadata']" in text and "outputs['class_names']" in text
 
@@ -223,14 +238,16 @@ def test_predict_cli(exported, xray_folder, tmp_path):
     assert sorted(r["file"] for r in rows) == sorted(good)
     assert os.listdir(output.parent) == ["preds.csv"]  # the temporary file was renamed
     assert oct(output.stat().st_mode & 0o777) == "0o644"
-    threshold = json.loads((exported["inprocess"] / "assets.extra" /
-                            "tsynd_metadata.json").read_text())["mi_threshold"]
+    metadata = json.loads((exported["inprocess"] / "assets.extra" /
+                           "tsynd_metadata.json").read_text())
     for row in rows:
         assert row["class"] in ("normal", "pneumonia")
         assert 0.5 <= float(row["probability"]) <= 1.0
         assert float(row["probability"]) == pytest.approx(float(row[f"p_{row['class']}"]))
         assert float(row["entropy"]) >= 0 and float(row["mi"]) >= 0
-        assert row["refer"] == str(int(float(row["mi"]) > threshold))
+        assert float(row["ood_score"]) >= 0
+        assert row["refer"] == str(int(float(row["mi"]) > metadata["mi_threshold"] or
+                                       float(row["ood_score"]) > metadata["ood_threshold"]))
 
 
 class _Lines:

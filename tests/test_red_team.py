@@ -212,6 +212,68 @@ def test_running_a_finished_run_again_redoes_nothing_and_reuses_its_export(
     assert not (run_dir / "train.lock").exists()
 
 
+def xray_folder(chest_xray_dir, root: Path, first: int) -> Path:
+    """root/xray: real chest X-rays, 20 train and 5 test images per class from the
+    `first`-th file of each class folder on."""
+    for split, n in (("train", 20), ("test", 5)):
+        for name in ("NORMAL", "PNEUMONIA"):
+            (root / "xray" / split / name).mkdir(parents=True)
+            for src in sorted((chest_xray_dir / split / name).iterdir())[first:first + n]:
+                shutil.copy(src, root / "xray" / split / name / src.name)
+    return root / "xray"
+
+
+def test_other_data_under_a_runs_data_dir_is_refused_with_both_fingerprints(
+        chest_xray_dir, tmp_path):  # 3: re-evaluated on the other folder, AUC 0.64 -> 0.597
+    """A finished image-folder run, then a folder of the same name and classes with other
+    images: resuming from it, and exporting or evaluating once the run's own folder holds
+    those images, are refused before any work (exit 2), both fingerprints shown."""
+    from tsynd_tf.data import DataError
+
+    trained_on = xray_folder(chest_xray_dir, tmp_path / "a", first=0)
+    other = xray_folder(chest_xray_dir, tmp_path / "b", first=20)
+    run_dir = tmp_path / "run"
+    folder_run = [*TINY_TRAIN_FLAGS, "--dataset=folder", "--size=28", "--train_fraction=1.0",
+                  "--train_count=0", "--method=baseline", "--num_samples=2",
+                  f"--output_dir={run_dir}"]
+    run_module("tsynd_tf.train", *folder_run, f"--data_dir={trained_on}")
+    recorded = runs.RunDir(run_dir).read_fingerprint()
+    assert recorded["source"] == str(trained_on) and recorded["files"] == 50
+    results = (run_dir / "results.json").read_bytes()
+
+    done = run_module("tsynd_tf.train", *folder_run, f"--data_dir={other}", succeeds=False,
+                      timeout=300)
+    usage_error(done, "train", f"The data at {other} is not the data the run at {run_dir}",
+                recorded["sha256"][:16], "Pass the --data_dir of the data it was trained on")
+    found = re.search(r"the data found has sha256 (\w{16})", done.stderr).group(1)
+    assert found != recorded["sha256"][:16]
+    assert (run_dir / "results.json").read_bytes() == results  # not re-evaluated
+
+    shutil.rmtree(trained_on)
+    shutil.copytree(other, trained_on)  # the run's own --data_dir now holds other images
+    fix = f"records --data_dir={trained_on}: put the data the run was trained on back there"
+    done = run_module("tsynd_tf.export", f"--run_dir={run_dir}",
+                      f"--export_dir={tmp_path / 'saved'}", succeeds=False, timeout=300)
+    usage_error(done, "export", recorded["sha256"][:16], found, fix)
+    assert not (tmp_path / "saved").exists()
+    # evaluate loads the data the same way (Run.load_dataset), and cli makes a DataError exit 2
+    with pytest.raises(DataError, match=recorded["sha256"][:16]) as raised:
+        runs.load_run(run_dir).load_dataset()
+    assert found in str(raised.value) and fix in str(raised.value)
+
+
+def test_a_run_recorded_before_fingerprints_resumes_and_records_one(finished, tmp_path,
+                                                                    medmnist_dir):
+    run_dir = runs.RunDir(copy_run(finished, tmp_path / "run"))
+    config = json.loads(run_dir.config_file.read_text())
+    fingerprint = config.pop("data_fingerprint")
+    assert fingerprint["source"] == str((medmnist_dir / "pneumoniamnist.npz").resolve())
+    fileio.write_json(run_dir.config_file, config)
+    output = train(run_dir.path, medmnist_dir)
+    assert "finished before" in output
+    assert run_dir.read_fingerprint() == fingerprint
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(finished, tmp_path,
                                                                   medmnist_dir):  # 11
     """The intact previous checkpoint resumes the run, which ends bitwise as it did; a lock
@@ -348,12 +410,12 @@ def test_a_late_output_failure_still_prints_every_prediction(tmp_path):
     folder, fallback = tmp_path / "out", io.StringIO()
     folder.mkdir()
     row = {"file": "a.png", "class": "normal", "probability": 0.9, "entropy": 0.3, "mi": 0.01,
-           "refer": False}
+           "ood_score": 0.5, "refer": False}
     with pytest.raises(OutputError, match="every prediction was printed on stdout"):
         with open_output(folder / "preds.csv", ["normal", "pneumonia"], {},
                          fallback=fallback) as writer:
             writer.write(row, [0.9, 0.1])
             (folder / "preds.csv").mkdir()  # a folder takes its name while images are read
     assert fallback.getvalue().splitlines() == [
-        "file,class,probability,entropy,mi,refer,p_normal,p_pneumonia",
-        "a.png,normal,0.900000,0.300000,0.010000,0,0.900000,0.100000"]
+        "file,class,probability,entropy,mi,ood_score,refer,p_normal,p_pneumonia",
+        "a.png,normal,0.900000,0.300000,0.010000,0.500000,0,0.900000,0.100000"]

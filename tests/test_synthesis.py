@@ -1,6 +1,9 @@
 """The synthesis methods: latent ascent and the latent-noise baseline on a real autoencoder
 and classifier, and the seam a new method plugs into."""
 
+import dataclasses
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -147,10 +150,12 @@ class FlippedCopies(SynthesisMethod):
 def tiny_config(tmp_path, medmnist_dir, **overrides):
     from tsynd_tf.config import TrainConfig
 
+    # One pool of the 32 labelled images' size per round.
     return TrainConfig(**{**dict(
         train_count=32, ae_epochs=1, initial_epochs=1, rounds=2, epochs_per_round=1,
         ascent_steps=1, num_samples=2, export_dir="", verbose=0, data_dir=str(medmnist_dir),
-        output_dir=str(tmp_path)), **overrides})
+        output_dir=str(tmp_path), synthetic_multiple=overrides.get("rounds", 2),
+        pool_quality=False), **overrides})
 
 
 def test_a_registered_method_plugs_into_the_trainer(tmp_path, medmnist_dir, monkeypatch):
@@ -217,36 +222,35 @@ def test_diffusion_trains_samples_labelled_images_and_reuses_its_cache(
     from tsynd_tf import training
     from tsynd_tf.runs import RunDir
 
-    config = tiny_config(tmp_path, medmnist_dir, method="diffusion", rounds=1,
-                         generator_steps=3, ddim_steps=2)
-    trainer = training.Trainer(config, RunDir(tmp_path))
-    trainer.run()
-    pool = RunDir(tmp_path).read_pool(0)
+    config = tiny_config(tmp_path / "run", medmnist_dir, method="diffusion", rounds=1,
+                         generator_steps=3, ddim_steps=2, cache_dir=str(tmp_path / "cache"))
+    trainer = training.Trainer(config, RunDir(tmp_path / "run"))
+    results = trainer.run()
+    pool = RunDir(tmp_path / "run").read_pool(0)
     assert pool["images"].shape == (32, 28, 28, 1) and pool["images"].dtype == np.uint8
     assert set(pool["targets"].argmax(1)) <= set(trainer.real.targets.argmax(1))
     np.testing.assert_array_equal(pool["targets"].sum(1), 1.0)  # one-hot labels
-    assert RunDir(tmp_path).generator_file("diffusion").is_file()
+    record = RunDir(tmp_path / "run").read_generator()
+    assert record["loaded"] is False and record["settings"]["generator_steps"] == 3
+    assert results["generator_loaded"] is False and results["generator_seconds"] > 0
 
-    # A second Trainer on the run (a resume) loads the generator instead of training it.
-    again = training.Trainer(config, RunDir(tmp_path))
-    again.method.model.fit = None  # training it would fail
+    # Another run directory of the same labelled subset (another method, or a resume) loads
+    # the generator instead of training it.
+    other = training.Trainer(dataclasses.replace(config, output_dir=str(tmp_path / "other")),
+                             RunDir(tmp_path / "other"))
+    other.method.model.fit = None  # training it would fail
     with caplog.at_level(logging.INFO, logger="tsynd_tf"):
-        again.method.fit(again.real, again.dataset.train)
-    assert "Diffusion model loaded from" in caplog.text
-    for got, want in zip(again.method.model.ema.get_weights(),
+        other.method.fit(other.real, other.dataset.train)
+    assert "loaded from the cache" in caplog.text and other.method.generator_record["loaded"]
+    for got, want in zip(other.method.model.ema.get_weights(),
                          trainer.method.model.ema.get_weights()):
         np.testing.assert_array_equal(got, want)
-    # Other recorded settings, or a corrupt file: not trusted.
-    settings = RunDir(tmp_path).generator_settings_file("diffusion")
-    settings.write_text(settings.read_text().replace('"generator_steps": 3',
-                                                     '"generator_steps": 4'))
-    assert not again.method.load_cached()
-    assert "trained with other settings" in caplog.text
-    settings.write_text(settings.read_text().replace('"generator_steps": 4',
-                                                     '"generator_steps": 3'))
-    RunDir(tmp_path).generator_file("diffusion").write_bytes(b"not an h5 file")
-    assert not again.method.load_cached()
-    assert "does not load" in caplog.text
+    # A corrupt cached file is not trusted: trained again.
+    (Path(record["entry"]) / "weights.weights.h5").write_bytes(b"not an h5 file")
+    again = training.Trainer(dataclasses.replace(config, output_dir=str(tmp_path / "again")),
+                             RunDir(tmp_path / "again"))
+    again.method.fit(again.real, again.dataset.train)
+    assert "does not load" in caplog.text and not again.method.generator_record["loaded"]
 
 
 def test_diffusion_refuses_a_class_without_labelled_images(tmp_path, medmnist_dir):

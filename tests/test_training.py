@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 # Small but complete: every stage runs, two generation rounds of 64-image pools.
 TINY = [*TINY_TRAIN_FLAGS, "--train_count=64", "--ae_epochs=2", "--initial_epochs=2",
-        "--rounds=2", "--epochs_per_round=2"]
+        "--rounds=2", "--epochs_per_round=2", "--synthetic_multiple=2"]
 
 
 def train(run_dir, medmnist_dir, *extra, wait=True):
@@ -85,7 +85,8 @@ def test_in_process_run_equals_the_command_line_run(uninterrupted, tmp_path, med
     reference, _ = uninterrupted
     config = TrainConfig(train_count=64, ae_epochs=2, initial_epochs=2, rounds=2,
                          epochs_per_round=2, ascent_steps=2, num_samples=4, export_dir="",
-                         verbose=0, data_dir=str(medmnist_dir), output_dir=str(tmp_path))
+                         verbose=0, synthetic_multiple=2, pool_quality=False,
+                         data_dir=str(medmnist_dir), output_dir=str(tmp_path))
     results = training.Trainer(config, RunDir(tmp_path)).run()
     expected = json.loads((reference / "results.json").read_text())
     results.pop("seconds_this_session"), expected.pop("seconds_this_session")
@@ -190,7 +191,7 @@ def test_resuming_with_other_flags_is_refused(uninterrupted, medmnist_dir):
     (["--learning_rate=-1"], "--learning_rate must be > 0"),
     (["--latent_channels=0"], "--latent_channels must be >= 1"),
     (["--dataset=folder", "--data_dir=x", "--size=15"], "even number >= 14"),
-    (["--method=gan"], "value should be one of"),
+    (["--method=vae"], "value should be one of"),
     (["stray_argument"], "unexpected arguments ['stray_argument']"),
 ])
 def test_impossible_flags_fail_before_any_work_with_a_message(flags, message, tmp_path):

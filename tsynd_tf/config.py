@@ -20,7 +20,19 @@ from tsynd_tf.data import FOLDER, KERMANY_GROUP_PATTERN, MEDMNIST_SIZES, availab
 
 # Settings that may differ between a run and its resumption: they do not change the result
 # (`strategy` says how to train, not what: a checkpoint restores under any strategy).
-RESUMABLE = frozenset({"output_dir", "data_dir", "export_dir", "verbose", "strategy"})
+RESUMABLE = frozenset({"output_dir", "data_dir", "export_dir", "verbose", "strategy",
+                       "cache_dir"})
+TRAIN_ON = ("real+synthetic", "synthetic")
+
+
+def _upgrade(recorded: dict) -> dict:
+    """Settings a run recorded under an older name, in today's terms (same behaviour):
+    --pool_fraction p per round was --synthetic_multiple p * rounds in total."""
+    recorded = dict(recorded)
+    if "pool_fraction" in recorded:
+        rounds = recorded.get("rounds", TrainConfig.rounds)
+        recorded.setdefault("synthetic_multiple", recorded.pop("pool_fraction") * rounds)
+    return recorded
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -58,18 +70,34 @@ class TrainConfig:
     # Method.
     method: str = _field("tsynd_mi", "What synthetic data to add.", synthesis.METHODS)
     rounds: int = _field(5, "Generation rounds after the initial training.")
-    pool_fraction: float = _field(1.0, "Synthetic images per round, as a share of the "
-                                  "labelled images.")
+    synthetic_multiple: float = _field(5.0, "Synthetic images in all, as a multiple of the "
+                                       "labelled images (1 = 100% supplementation); each of "
+                                       "the --rounds makes an equal share.")
+    pool_quality: bool = _field(True, "Measure every pool (FID, KID, precision/recall, label "
+                                "fidelity, diversity) against the training split, in the "
+                                "features of a reference classifier cached in --cache_dir.")
+    train_on: str = _field("real+synthetic", "'synthetic': train on the synthetic images only "
+                           "(all made before the classifier trains; untargeted methods) and "
+                           "test on real ones, the Classification Accuracy Score.", TRAIN_ON)
     synthetic_ratio: float = _field(0.5, "Share of each training batch that is synthetic.")
     epsilon: float = _field(0.3, "Latent ball radius, relative to ||z0||_2.")
     step_size: float = _field(0.25, "Ascent step length, relative to the ball radius.")
     ascent_steps: int = _field(10, "Gradient ascent steps per synthetic image.")
     generator_steps: int = _field(1500, "Training batches of a generating method's generator "
-                                  "(--method=diffusion), trained once per run and cached.")
+                                  "(diffusion, gan), trained once per labelled subset and "
+                                  "cached in --cache_dir.")
     generator_learning_rate: float = _field(2e-4, "Adam learning rate of that generator.")
     ddim_steps: int = _field(25, "DDIM sampling steps of --method=diffusion.")
     guidance_scale: float = _field(1.0, "Classifier-free guidance w of --method=diffusion: "
                                    "eps = (1 + w) eps(x, y) - w eps(x); 0 = no guidance.")
+    uncertainty_guidance: float = _field(0.1, "Uncertainty guidance of the tsynd_diffusion "
+                                         "methods: per guided DDIM step the predicted clean "
+                                         "image moves this far (RMS in [0, 1] pixels, times "
+                                         "the step's noise share sqrt(1 - alpha_bar)) up the "
+                                         "classifier's MI/entropy gradient; 0 = the "
+                                         "diffusion samples.")
+    guidance_every: int = _field(1, "Uncertainty guidance at every k-th DDIM step (1 = every "
+                                 "step; larger is cheaper).")
     synthesis: str = _field("decode", "Synthetic image from the moved latent z*: 'decode' = "
                             "dec(z*) (the paper); 'residual' = x + dec(z*) - dec(z0), the real "
                             "image plus the change the latent move makes.", synthesis.RENDERINGS)
@@ -98,6 +126,9 @@ class TrainConfig:
     output_dir: str | None = _field(None, "Run directory (default runs/<dataset>_<size>_"
                                     "<fraction>_<method>_s<seed>). An existing run there is "
                                     "resumed.")
+    cache_dir: str = _field("", "Model cache shared by runs (trained generators, the quality "
+                            "metrics' reference classifier); '' = $TSYND_CACHE_DIR, else "
+                            "~/.cache/tsynd_tf.")
     export_dir: str = _field("saved_models", "Where the SavedModel goes; '' to skip.")
     mixed_precision: str = _field("auto", "'auto': mixed_float16 on a GPU, float32 on a CPU.",
                                   PRECISIONS)
@@ -127,6 +158,22 @@ class TrainConfig:
             if not valid(getattr(self, name)):
                 raise ConfigError(f"--{name} must be {what}; got {getattr(self, name)!r}.")
         self._validate_data()
+        self._validate_schedule()
+
+    def _validate_schedule(self) -> None:
+        if self.train_on != "synthetic":
+            return
+        method = synthesis.METHODS[self.method]
+        if not method.makes_images or method.reads_classifier:
+            untargeted = [name for name, m in synthesis.METHODS.items()
+                          if m.makes_images and not m.reads_classifier]
+            why = "makes none" if not method.makes_images else "reads the classifier it trains"
+            raise ConfigError(f"--train_on=synthetic makes every synthetic image before the "
+                              f"classifier trains; --method={self.method} {why}: use one of "
+                              f"{untargeted}.")
+        if self.rounds < 1:
+            raise ConfigError("--train_on=synthetic needs --rounds >= 1 (the pools it trains "
+                              "on).")
 
     def _validate_data(self) -> None:
         if self.dataset != FOLDER and self.dataset not in available_datasets():
@@ -162,6 +209,7 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         """From recorded settings; a field a run recorded before it existed takes its
         default (new fields' defaults keep the old behaviour)."""
+        values = _upgrade(values)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown training settings {sorted(unknown)}")
@@ -169,7 +217,8 @@ class TrainConfig:
 
     def check_resumable(self, recorded: dict, where: Path) -> None:
         """Resuming a run with other settings than it was started with is an error."""
-        recorded = {**{f.name: f.default for f in dataclasses.fields(self)}, **recorded}
+        recorded = {**{f.name: f.default for f in dataclasses.fields(self)},
+                    **_upgrade(recorded)}
         changed = {k: (recorded[k], v) for k, v in self.to_dict().items()
                    if k not in RESUMABLE and recorded[k] != v}
         if changed:
@@ -197,7 +246,7 @@ _RULES = (
     ("channels", lambda value: value in (1, 3), "1 or 3"),
     ("val_fraction", _between(0.0, 1.0), "in (0, 1)"),
     ("rounds", _at_least(0), ">= 0"),
-    ("pool_fraction", _positive, "> 0"),
+    ("synthetic_multiple", _positive, "> 0"),
     ("synthetic_ratio", _between(0.0, 1.0), "in (0, 1)"),
     ("epsilon", _positive, "> 0"),
     ("step_size", _positive, "> 0"),
@@ -206,6 +255,8 @@ _RULES = (
     ("generator_learning_rate", _positive, "> 0"),
     ("ddim_steps", _at_least(1), ">= 1"),
     ("guidance_scale", _at_least(0.0), ">= 0 (0: no guidance)"),
+    ("uncertainty_guidance", _at_least(0.0), ">= 0 (0: unguided diffusion samples)"),
+    ("guidance_every", _at_least(1), ">= 1"),
     ("dropout_rate", _between(0.0, 1.0), "in (0, 1)"),
     ("num_samples", _at_least(2), ">= 2 (MI needs several MC samples)"),
     ("latent_channels", _at_least(1), ">= 1"),

@@ -7,12 +7,15 @@ The sweep folder is a `runs.SweepDir`: runs/<cell>/ (one run directory per cell)
 logs/<cell>.log and results.jsonl. Each cell is `python -m tsynd_tf.train --flagfile=CONFIG
 --method=M --seed=S` followed by `python -m tsynd_tf.evaluate` (clean, Gaussian noise, FGSM,
 PGD) in subprocesses, so a cell that crashes does not take the sweep down and cells can run
-side by side (--workers). Finished cells are appended as one JSON line each to results.jsonl
-(its training settings and results, read through `runs.RunDir`) and skipped when the sweep
-is started again; an unfinished cell resumes from its run's checkpoint. Each line records the
-sweep's command and the cell's UTC start and finish, from which the report gives the sweep's
-wall time. Each start that has cells to run first appends a plan line (every cell of its
-grid, finished or not), so the report can name the cells a stopped sweep left.
+side by side: on this machine (--launcher=local, --workers at a time) or as Ray tasks on a
+cluster (--launcher=ray with --cell_cpus, --cell_gpus and --ray_address; tsynd_tf.launchers,
+BUILD.md). Finished cells are appended, by this process alone, as one JSON line each to
+results.jsonl (its training settings and results, read through `runs.RunDir`) and skipped
+when the sweep is started again; an unfinished cell resumes from its run's checkpoint. Each
+line records the sweep's command and the cell's UTC start and finish, from which the report
+gives the sweep's wall time. Each start that has cells to run first appends a plan line
+(every cell of its grid, finished or not), so the report can name the cells a stopped sweep
+left.
 
 Robustness grids: where a config CONFIG.cfg has a grid flagfile robustness/CONFIG.cfg beside
 it (written by `tsynd_tf.grid`), its strengths replace --eval_args' for that config's cells.
@@ -23,13 +26,14 @@ the new line supersedes the old one in the report, and a restart skips what it r
 Every cell's training flags (its flagfile, method and --train_args) are checked as train
 would check them before the sweep starts. Each cell's processes die with the sweep (Linux:
 the kernel kills them when the sweep process ends, even by kill -9), so no training outlives
-it; a run directory is trained by one process at a time (runs.RunDir.lock).
+it (under Ray: with its worker, and a job's workers end with the sweep); a run directory is
+trained by one process at a time (runs.RunDir.lock).
 
 Exit codes are `tsynd_tf.cli`'s: 1 when some cell failed (start the sweep again to retry
 it), 2 for a bad flag.
 """
 
-import concurrent.futures
+import dataclasses
 import datetime
 import os
 import shlex
@@ -41,7 +45,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from tsynd_tf import cli
+from tsynd_tf import cli, launchers
 from tsynd_tf.fileio import append_json_line, read_json_lines, unwritable
 from tsynd_tf.runs import SweepDir
 
@@ -56,7 +60,17 @@ flags.DEFINE_string("train_args", "", "Extra training flags for every cell, spac
 flags.DEFINE_string("eval_args", "--gaussian_sigmas=0,0.05,0.1,0.2 --fgsm_epsilons=0.004,0.016 "
                     "--pgd_epsilons=0.004,0.016", "Flags of tsynd_tf.evaluate for every cell, "
                     "space-separated.")
-flags.DEFINE_integer("workers", 1, "Cells run at once; each gets cores / workers threads.")
+flags.DEFINE_enum("launcher", "local", launchers.LAUNCHERS, "Where cells run: local (--workers "
+                  "at a time on this machine) or ray (one Ray task per cell; BUILD.md).")
+flags.DEFINE_integer("workers", 1, "--launcher=local: cells run at once; each gets cores / "
+                     "workers threads.")
+flags.DEFINE_integer("cell_cpus", 1, "--launcher=ray: CPUs each cell declares; also its "
+                     "threads.")
+flags.DEFINE_float("cell_gpus", 0.0, "--launcher=ray: GPUs each cell declares (1: one cell "
+                   "per GPU).")
+flags.DEFINE_string("ray_address", "", "--launcher=ray: the cluster's address (e.g. auto, on "
+                    "a node that ran `ray start`); empty: a Ray instance on 127.0.0.1 that "
+                    "lives as long as the sweep.")
 flags.DEFINE_string("rerun_before", None, "UTC ISO time (e.g. 2026-12-01T20:30:00+00:00): "
                     "cells whose latest line finished before it run again.")
 flags.mark_flags_as_required(["configs", "sweep_dir"])
@@ -150,19 +164,36 @@ def check_cells(configs: list[str], methods: list[str], train_args: list[str]) -
                                      f"--train_args) would fail: {e}") from None
 
 
-def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int) -> dict:
-    name = cell_name(config, method, seed)
+@dataclasses.dataclass(frozen=True)
+class CellSettings:
+    """What every cell of a sweep runs with. Passed with each cell, not read from the flags:
+    under --launcher=ray a cell runs in a Ray worker, a process without parsed flags."""
+    sweep_dir: str
+    train_args: tuple[str, ...]
+    eval_args: tuple[str, ...]
+    threads: int  # intra-op threads of each of the cell's processes
+    cwd: str  # the sweep process's working directory: relative paths resolve from it
+    sweep_command: str  # recorded in every result line
+
+
+def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
+    """Trains and evaluates one (config, method, seed) cell; its result line. RuntimeError
+    when a step fails."""
+    config, method, seed = cell
+    name, sweep = cell_name(*cell), SweepDir(settings.sweep_dir)
     run_dir = sweep.run(name)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS=str(threads),
-               OMP_NUM_THREADS=str(threads))
+    threads = str(settings.threads)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS=threads,
+               OMP_NUM_THREADS=threads)
     log_path = sweep.log_file(name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     steps = {
         "train": [sys.executable, "-m", "tsynd_tf.train", f"--flagfile={config}",
                   f"--method={method}", f"--seed={seed}", f"--output_dir={run_dir}",
-                  "--export_dir=", "--verbose=2", *split_args("train_args")],
+                  f"--cache_dir={sweep.cache}", "--export_dir=", "--verbose=2",
+                  *settings.train_args],
         "evaluate": [sys.executable, "-m", "tsynd_tf.evaluate", f"--run_dir={run_dir}",
-                     f"--seed={seed}", *split_args("eval_args")],
+                     f"--seed={seed}", *settings.eval_args],
     }
     if grid_flagfile(config):  # last: its strengths win over --eval_args'
         steps["evaluate"].append(f"--flagfile={grid_flagfile(config)}")
@@ -172,8 +203,8 @@ def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int)
             start = time.time()
             log.write(f"\n$ {' '.join(command)}\n")
             log.flush()
-            done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  preexec_fn=die_with_parent())
+            done = subprocess.run(command, env=env, cwd=settings.cwd, stdout=log,
+                                  stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
             if done.returncode != 0:
                 raise RuntimeError(f"{name}: {step} failed (exit {done.returncode}); see "
                                    f"{log_path}")
@@ -188,7 +219,41 @@ def run_cell(config: str, method: str, seed: int, sweep: SweepDir, threads: int)
             "train_count": flag_values["train_count"], "method": method, "seed": seed,
             "run_dir": str(run_dir), "seconds": seconds, "training": training,
             "metrics": evaluation["metrics"], "started": started, "finished": utc_now(),
-            "sweep_command": sweep_command()}
+            "sweep_command": settings.sweep_command}
+
+
+def make_launcher() -> launchers.LocalLauncher | launchers.RayLauncher:
+    """The --launcher with its flags checked (each launcher's flags only with it); with ray,
+    Ray imported (a UsageError naming the install command when it is not installed)."""
+    ray_flags = [f"--{name}" for name in ("cell_cpus", "cell_gpus", "ray_address")
+                 if FLAGS[name].present]
+    if FLAGS.launcher == "local":
+        if ray_flags:
+            raise cli.UsageError(f"{', '.join(ray_flags)}: only for --launcher=ray.")
+        return launchers.LocalLauncher(FLAGS.workers)
+    if FLAGS["workers"].present:
+        raise cli.UsageError("--workers is --launcher=local's: under --launcher=ray, Ray runs "
+                             "as many cells at once as the cluster's --cell_cpus and "
+                             "--cell_gpus allow.")
+    if FLAGS.cell_cpus < 1 or FLAGS.cell_gpus < 0:
+        raise cli.UsageError("--cell_cpus must be >= 1 and --cell_gpus >= 0.")
+    return launchers.RayLauncher(FLAGS.ray_address, FLAGS.cell_cpus, FLAGS.cell_gpus)
+
+
+def run_cells(launcher: launchers.LocalLauncher | launchers.RayLauncher,
+              cells: dict[str, tuple], settings: CellSettings) -> int:
+    """Runs the cells; appends each finished one's line (only this process writes the
+    file) and returns how many failed."""
+    failures = 0
+    for name, outcome in launcher.results(run_cell, cells, settings):
+        if isinstance(outcome, RuntimeError):
+            failures += 1
+            logging.error("%s", outcome)
+            continue
+        append_json_line(SweepDir(settings.sweep_dir).results_file, outcome)
+        logging.info("%s: test acc %.4f auc %.4f (%s)", name, outcome["metrics"]["test/acc"],
+                     outcome["metrics"]["test/auc"], outcome["seconds"])
+    return failures
 
 
 def main(argv):
@@ -202,36 +267,29 @@ def main(argv):
     why = unwritable(FLAGS.sweep_dir)
     if why:
         raise cli.UsageError(f"--sweep_dir: {why}; pass a folder you can write.")
-    split_args("eval_args")
-    check_cells(FLAGS.configs, FLAGS.methods, split_args("train_args"))
+    launcher = make_launcher()
+    eval_args, train_args = split_args("eval_args"), split_args("train_args")
+    check_cells(FLAGS.configs, FLAGS.methods, train_args)
     sweep = SweepDir(FLAGS.sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
     done = finished_cells(sweep.results_file, rerun_before)
     # Seed-major order: an interrupted sweep has every config x method for the first seeds.
     grid = [(config, method, seed) for seed in range(FLAGS.num_seeds)
             for config in FLAGS.configs for method in FLAGS.methods]
-    cells = [cell for cell in grid if cell_name(*cell) not in done]
-    logging.info("%d cells finished, %d to run, %d at a time.", len(done), len(cells),
-                 FLAGS.workers)
-    if cells:
+    cells = {cell_name(*cell): cell for cell in grid if cell_name(*cell) not in done}
+    logging.info("%d cells finished, %d to run, %s.", len(done), len(cells),
+                 launcher.describe())
+    if not cells:
+        return cli.EXIT_OK
+    command = sweep_command()
+    with launcher:  # connects to Ray: a cluster without the cells' resources fails here
         append_json_line(sweep.results_file, {
             "plan": [[Path(config).stem, method, seed] for config, method, seed in grid],
-            "sweep_command": sweep_command(), "written": utc_now()})
-    threads = max(1, (os.cpu_count() or 1) // FLAGS.workers)
-    failures = 0
-    with concurrent.futures.ThreadPoolExecutor(FLAGS.workers) as pool:
-        futures = {pool.submit(run_cell, *cell, sweep, threads): cell for cell in cells}
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                record = future.result()
-            except RuntimeError as e:
-                failures += 1
-                logging.error("%s", e)
-                continue
-            append_json_line(sweep.results_file, record)  # only this thread writes the file
-            logging.info("%s: test acc %.4f auc %.4f (%s)", record["cell"],
-                         record["metrics"]["test/acc"], record["metrics"]["test/auc"],
-                         record["seconds"])
+            "sweep_command": command, "written": utc_now()})
+        failures = run_cells(launcher, cells, CellSettings(
+            sweep_dir=FLAGS.sweep_dir, train_args=tuple(train_args),
+            eval_args=tuple(eval_args), threads=launcher.threads, cwd=os.getcwd(),
+            sweep_command=command))
     if failures:
         cli.fail(f"{failures} cell(s) failed; fix and start the sweep again to retry them.",
                  cli.EXIT_PARTIAL)

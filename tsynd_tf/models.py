@@ -24,10 +24,29 @@ class MCDropout(layers.Dropout):
     """Dropout that is on whatever `training` says: every forward pass is one MC sample.
 
     Training uses it as ordinary dropout; prediction and the latent ascent average T passes.
+
+    Under a strategy with several replicas in sync (MirroredStrategy, or
+    MultiWorkerMirroredStrategy across workers) the layer's one SeedGenerator state is the
+    same on every replica, so Keras' dropout would draw the same masks on all of them and
+    their MC samples would not be independent. There the replica's index is folded into the
+    drawn seed: each replica gets its own masks, and the state advances as before (one draw
+    per call), so checkpoints and resumes are unchanged. One replica (no strategy, or one
+    device) takes Keras' own path, bitwise as before.
     """
 
     def call(self, inputs, training=None):
-        return super().call(inputs, training=True)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1 or self.rate == 0:
+            return super().call(inputs, training=True)
+        seed = tf.random.experimental.stateless_fold_in(
+            self.seed_generator.next(), context.replica_id_in_sync_group)
+        # int32, as Keras' TensorFlow backend gives its stateless ops (XLA needs it).
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        noise_shape = None if self.noise_shape is None else [
+            tf.shape(inputs)[i] if size is None else size
+            for i, size in enumerate(self.noise_shape)]
+        return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed,
+                                                    noise_shape=noise_shape)
 
 
 def num_downsamplings(size: int) -> int:

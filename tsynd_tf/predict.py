@@ -1,7 +1,8 @@
 """Classifies image files with an exported model and flags the ones to refer to a human.
 
     python -m tsynd_tf.predict --model=saved_models/NAME/VERSION [--output=preds.csv|.json]
-                               [--batch_size=64] [--mi_threshold=X] IMAGE_OR_FOLDER...
+                               [--batch_size=64] [--mi_threshold=X] [--ood_threshold=Y]
+                               IMAGE_OR_FOLDER...
 
 Folders are searched recursively for .png/.jpg/.jpeg files (other files there are ignored);
 files named on the command line are always tried. Images of any size, grayscale or RGB, are
@@ -10,10 +11,12 @@ in chunks of --batch_size, so memory does not grow with the number of files.
 
 Prints the first --show rows and a summary; --output writes every row (CSV or JSON, chosen by
 the extension), published atomically by fileio.atomic_path: file, class, probability (of
-that class), entropy and mi (nats), refer (mi > threshold), then one probability per class.
---mi_threshold overrides the threshold embedded at export. --output is checked (a file in a
-folder this user can write, not a folder) before any image is read; if writing it fails at
-the end all the same, every row goes to stdout instead.
+that class), entropy and mi (nats), ood_score (tsynd_tf.ood: how unlike the training images),
+refer (mi > its threshold or ood_score > its threshold), then one probability per class.
+--mi_threshold and --ood_threshold override the thresholds embedded at export. A solid-colour,
+noise or photo image, which MI alone does not catch, is referred by its ood_score. --output
+is checked (a file in a folder this user can write, not a folder) before any image is read;
+if writing it fails at the end all the same, every row goes to stdout instead.
 
 Exit status (tsynd_tf.cli's convention): 0 when every image was classified; 1 when some file
 could not be read (each is named on stderr and skipped), no image was found, or --output
@@ -47,12 +50,14 @@ flags.DEFINE_integer("batch_size", 64, "Images per model call (memory: batch_siz
                      "MC passes).")
 flags.DEFINE_float("mi_threshold", None, "Refer images with mutual information above "
                    "this (nats). Default: the threshold embedded in the model.")
+flags.DEFINE_float("ood_threshold", None, "Refer images with an OOD score above this. "
+                   "Default: the threshold embedded in the model.")
 flags.DEFINE_integer("show", 20, "Rows of the table printed on stdout.", lower_bound=0)
 flags.mark_flag_as_required("model")
 
 FLAGS = flags.FLAGS
 
-COLUMNS = ("file", "class", "probability", "entropy", "mi", "refer")
+COLUMNS = ("file", "class", "probability", "entropy", "mi", "ood_score", "refer")
 
 
 class ModelError(ValueError):
@@ -110,6 +115,11 @@ def load_model(path):
         raise ModelError(f"{model_dir} metadata has format {metadata.get('format')!r} "
                          f"version {metadata.get('format_version')}; this tsynd_tf reads "
                          f"{FORMAT!r} up to version {FORMAT_VERSION}.")
+    if metadata["format_version"] < FORMAT_VERSION:
+        raise ModelError(f"{model_dir} was exported by an older tsynd_tf (format version "
+                         f"{metadata['format_version']}), without the ood_score output: "
+                         "export its run again (python -m tsynd_tf.export --run_dir="
+                         f"{metadata.get('run_dir', '<its run directory>')}).")
     serve = signatures["serving_default"]
     metadata["model_dir"] = str(model_dir)
     return serve, metadata
@@ -170,7 +180,7 @@ class PredictionWriter:
         if self.format == "csv":
             self.csv.writerow([row["file"], row["class"], f"{row['probability']:.6f}",
                                f"{row['entropy']:.6f}", f"{row['mi']:.6f}",
-                               int(row["refer"]),
+                               f"{row['ood_score']:.6f}", int(row["refer"]),
                                *(f"{p:.6f}" for p in probabilities)])
         else:
             record = dict(row, probabilities=dict(zip(self.class_names,
@@ -212,7 +222,7 @@ def open_output(path, class_names, header: dict, fallback=None):
 
 def _format_table(rows) -> str:
     cells = [COLUMNS] + [(r["file"], r["class"], f"{r['probability']:.3f}",
-                          f"{r['entropy']:.4f}", f"{r['mi']:.4f}",
+                          f"{r['entropy']:.4f}", f"{r['mi']:.4f}", f"{r['ood_score']:.3g}",
                           "yes" if r["refer"] else "no") for r in rows]
     widths = [max(len(str(row[i])) for row in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
@@ -230,23 +240,35 @@ class Summary(NamedTuple):
     failed: list  # paths that could not be read
 
 
-def _rows(out: dict, paths, class_names, threshold: float, multilabel: bool):
+class Thresholds(NamedTuple):
+    mi: float
+    ood: float
+
+    @classmethod
+    def of(cls, metadata, mi_threshold=None, ood_threshold=None) -> "Thresholds":
+        """The model's embedded thresholds, each overridden where given."""
+        return cls(float(metadata["mi_threshold"] if mi_threshold is None else mi_threshold),
+                   float(metadata["ood_threshold"] if ood_threshold is None else
+                         ood_threshold))
+
+
+def _rows(out: dict, paths, class_names, thresholds: Thresholds, multilabel: bool):
     """(row, class probabilities, predicted class index) of each image of one model call."""
     for i, path in enumerate(paths):
         probs = out["probabilities"][i]
         k = int(out["predicted_class"][i])
-        mi = float(out["mutual_information"][i])
+        mi, ood = float(out["mutual_information"][i]), float(out["ood_score"][i])
         if multilabel:
             label = ";".join(n for n, p in zip(class_names, probs) if p >= 0.5)
         else:
             label = class_names[k]
         yield ({"file": str(path), "class": label, "probability": float(probs[k]),
-                "entropy": float(out["predictive_entropy"][i]), "mi": mi,
-                "refer": bool(mi > threshold)}, probs, k)
+                "entropy": float(out["predictive_entropy"][i]), "mi": mi, "ood_score": ood,
+                "refer": bool(mi > thresholds.mi or ood > thresholds.ood)}, probs, k)
 
 
-def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None, writer=None,
-            show=20, err=sys.stderr) -> Summary:
+def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None,
+            ood_threshold=None, writer=None, show=20, err=sys.stderr) -> Summary:
     """Runs the model over the files; unreadable ones are named on `err` and skipped."""
     import tensorflow as tf
     from tqdm import tqdm
@@ -255,7 +277,7 @@ def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None, wri
 
     class_names = metadata["class_names"]
     size, channels = int(metadata["size"]), int(metadata["channels"])
-    threshold = float(metadata["mi_threshold"] if mi_threshold is None else mi_threshold)
+    thresholds = Thresholds.of(metadata, mi_threshold, ood_threshold)
     multilabel = bool(metadata.get("multilabel", False))
     total = sum(1 for _ in iter_paths(arguments))  # a cheap listing, for the progress bar
     shown, counts, failed = [], dict.fromkeys(class_names, 0), []
@@ -271,7 +293,7 @@ def predict(serve, metadata, arguments, *, batch_size=64, mi_threshold=None, wri
             good = [p for p in paths if p not in bad]
             if good:
                 out = {k: v.numpy() for k, v in serve(images=tf.constant(images)).items()}
-                for row, probs, k in _rows(out, good, class_names, threshold, multilabel):
+                for row, probs, k in _rows(out, good, class_names, thresholds, multilabel):
                     if writer is not None:
                         writer.write(row, probs)
                     if len(shown) < show:
@@ -291,10 +313,10 @@ def _check_flags(arguments) -> None:
         raise cli.UsageError("name at least one image file or folder after the flags.")
     if FLAGS.batch_size < 1:
         raise cli.UsageError(f"--batch_size must be >= 1; got {FLAGS.batch_size}.")
-    if FLAGS.mi_threshold is not None and not (math.isfinite(FLAGS.mi_threshold)
-                                               and FLAGS.mi_threshold >= 0):
-        raise cli.UsageError(f"--mi_threshold must be a number >= 0; got "
-                             f"{FLAGS.mi_threshold}.")
+    for name in ("mi_threshold", "ood_threshold"):
+        value = FLAGS[name].value
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise cli.UsageError(f"--{name} must be a number >= 0; got {value}.")
     if FLAGS.output:
         try:
             output_format(FLAGS.output)
@@ -306,7 +328,7 @@ def _check_flags(arguments) -> None:
                                  "you can write.")
 
 
-def _print_summary(result: Summary, threshold: float, num_samples: int,
+def _print_summary(result: Summary, thresholds: Thresholds, num_samples: int,
                    written: bool) -> None:
     if result.shown:
         print(_format_table(result.shown))
@@ -315,7 +337,8 @@ def _print_summary(result: Summary, threshold: float, num_samples: int,
               + (f" in {FLAGS.output}" if written else ""))
     per_class = ", ".join(f"{name}: {n}" for name, n in result.counts.items())
     print(f"\n{result.classified} image(s) classified ({per_class}); {result.referred} "
-          f"referred (MI > {threshold:.4g} nats, T={num_samples}); "
+          f"referred (MI > {thresholds.mi:.4g} nats, T={num_samples}, or OOD score > "
+          f"{thresholds.ood:.4g}); "
           f"{len(result.failed)} unreadable.")
     if written:
         print(f"Predictions written to {FLAGS.output}")
@@ -329,21 +352,22 @@ def main(argv):
     except ModelError as err:
         raise cli.UsageError(str(err)) from err
 
-    threshold = metadata["mi_threshold"] if FLAGS.mi_threshold is None else FLAGS.mi_threshold
+    thresholds = Thresholds.of(metadata, FLAGS.mi_threshold, FLAGS.ood_threshold)
     output = contextlib.nullcontext()
     if FLAGS.output:
         output = open_output(FLAGS.output, metadata["class_names"], {
             "model": metadata["model_dir"], "dataset_name": metadata["dataset_name"],
             "class_names": metadata["class_names"], "num_samples": metadata["num_samples"],
-            "mi_threshold": threshold})
+            "mi_threshold": thresholds.mi, "ood_threshold": thresholds.ood})
     late_failure = None
     try:
         with output as writer:
             result = predict(serve, metadata, arguments, batch_size=FLAGS.batch_size,
-                             mi_threshold=FLAGS.mi_threshold, writer=writer, show=FLAGS.show)
+                             mi_threshold=FLAGS.mi_threshold,
+                             ood_threshold=FLAGS.ood_threshold, writer=writer, show=FLAGS.show)
     except OutputError as err:  # the rows are on stdout; the summary follows them
         late_failure = str(err)
-    _print_summary(result, threshold, metadata["num_samples"],
+    _print_summary(result, thresholds, metadata["num_samples"],
                    written=bool(FLAGS.output) and late_failure is None)
     if late_failure:
         cli.fail(late_failure, cli.EXIT_PARTIAL)

@@ -33,11 +33,12 @@ def frechet_distance(real, synthetic) -> float:
     mu_r, mu_s = real.mean(0), synthetic.mean(0)
     cov_r = np.atleast_2d(np.cov(real, rowvar=False))
     cov_s = np.atleast_2d(np.cov(synthetic, rowvar=False))
-    root = linalg.sqrtm(cov_r @ cov_s)
-    if not np.isfinite(root).all():  # a singular product: regularise, as the FID code does
-        offset = np.eye(len(cov_r)) * 1e-6
-        root = linalg.sqrtm((cov_r + offset) @ (cov_s + offset))
-    value = np.sum((mu_r - mu_s) ** 2) + np.trace(cov_r + cov_s - 2.0 * np.real(root))
+    # Tr((S_r S_s)^(1/2)) is the sum of the square roots of S_r S_s's eigenvalues, which are
+    # real and >= 0 for covariance matrices: unlike sqrtm, exact for the singular products
+    # that dead (always-zero) ReLU features give.
+    eigenvalues = linalg.eigvals(cov_r @ cov_s)
+    trace_root = np.sum(np.sqrt(np.clip(eigenvalues.real, 0.0, None)))
+    value = np.sum((mu_r - mu_s) ** 2) + np.trace(cov_r) + np.trace(cov_s) - 2.0 * trace_root
     return float(max(value, 0.0))
 
 

@@ -3,13 +3,17 @@
 `train` writes a run directory; `evaluate`, `export`, `experiment`, `report` and `bench`
 read it. This is the only module that spells its file names:
 
-  config.json            {"flags": TrainConfig fields, "dataset": DatasetInfo fields}
+  config.json            {"flags": TrainConfig fields, "dataset": DatasetInfo fields,
+                         "data_fingerprint": data.fingerprint of the data it trains on}
   subset.json            the labelled training indices (reproducible, auditable subsets)
   split.json             image folders: every file of train/val/test, and the patients that
                          train and validation share (0 for a split carved by patient)
   checkpoints/           tf.train checkpoints of every stage (resume)
   synthetic/round_XX.npz each round's synthetic pool: images, targets, diagnostics
-  generators/            a generating method's trained generator (weights + settings .json)
+  synthetic/quality.json the pools' quality metrics (FID, KID, precision/recall, label
+                         fidelity, diversity; tsynd_tf.reference), per round and in all
+  generator.json         the cache record of the generator a method trained or loaded
+                         (the weights live in the model cache, tsynd_tf.cache)
   best.weights.h5        the best-on-validation classifier weights so far
   selection.json         which epoch those weights are and its val AUC, written with them
   classifier.keras       the selected MC-dropout classifier, saved when training ends
@@ -78,6 +82,10 @@ class RunDir:
     results_file = property(lambda self: self.path / "results.json")
     tensorboard = property(lambda self: self.path / "tensorboard")
     lock_file = property(lambda self: self.path / "train.lock")
+    # The cache record of the generator the method trained or loaded (tsynd_tf.cache).
+    generator_file = property(lambda self: self.path / "generator.json")
+    # The pools' quality metrics (tsynd_tf.reference), per round and for all of them.
+    quality_file = property(lambda self: self.synthetic / "quality.json")
 
     def pool_file(self, round_index: int) -> Path:
         return self.synthetic / f"round_{round_index:02d}.npz"
@@ -85,13 +93,29 @@ class RunDir:
     def pool_files(self) -> list[Path]:
         return sorted(self.synthetic.glob("round_*.npz"))
 
-    def generator_file(self, name: str) -> Path:
-        """generators/<name>.weights.h5: a method's trained generator, with the settings it
-        was trained with beside it (<name>.json), so a resumed run reuses it."""
-        return self.path / "generators" / f"{name}.weights.h5"
+    def saved_checkpoints(self) -> list[str]:
+        """The checkpoints the manager's state file lists in checkpoints/, newest first;
+        where that file is missing or unreadable, the ckpt-N.index files found there."""
+        import tensorflow as tf
 
-    def generator_settings_file(self, name: str) -> Path:
-        return self.path / "generators" / f"{name}.json"
+        folder = self.checkpoints
+        if not folder.is_dir():
+            return []
+        try:
+            state = tf.train.get_checkpoint_state(str(folder))
+        except ValueError:  # a state file naming no checkpoint
+            state = None
+        if state is not None and state.model_checkpoint_path:
+            return (list(state.all_model_checkpoint_paths) or
+                    [state.model_checkpoint_path])[::-1]
+        found = sorted(folder.glob("ckpt-*.index"), key=lambda p: int(p.stem.split("-")[-1]))
+        return [str(p.with_suffix("")) for p in reversed(found)]
+
+    @staticmethod
+    def checkpoint_files(path: str) -> list[str]:
+        """The files of the checkpoint with prefix `path` (its .index and .data-* shards)."""
+        prefix = Path(path)
+        return [str(p) for p in prefix.parent.glob(prefix.name + ".*")] or [str(prefix)]
 
     def eval_file(self, split: str) -> Path:
         return self.path / f"eval_{split}.json"
@@ -160,8 +184,16 @@ class RunDir:
         recorded = read_json(self.config_file)
         return None if recorded is None else dict(recorded.get("flags", {}))
 
-    def write_config(self, flags: dict, info: data.DatasetInfo) -> None:
-        write_json(self.config_file, {"flags": flags, "dataset": dataclasses.asdict(info)})
+    def write_config(self, flags: dict, info: data.DatasetInfo,
+                     fingerprint: dict | None = None) -> None:
+        config = {"flags": flags, "dataset": dataclasses.asdict(info)}
+        if fingerprint is not None:
+            config["data_fingerprint"] = fingerprint
+        write_json(self.config_file, config)
+
+    def read_fingerprint(self) -> dict | None:
+        """The recorded data.fingerprint; None for a run recorded before fingerprints."""
+        return (read_json(self.config_file) or {}).get("data_fingerprint")
 
     def read_info(self) -> data.DatasetInfo:
         from tsynd_tf import data
@@ -203,6 +235,18 @@ class RunDir:
         with atomic_path(path, ".keras") as tmp:
             classifier.save(tmp)
 
+    def write_generator(self, record: dict) -> None:
+        write_json(self.generator_file, record)
+
+    def read_generator(self) -> dict | None:
+        return read_json(self.generator_file)
+
+    def write_quality(self, measured: dict) -> None:
+        write_json(self.quality_file, measured)
+
+    def read_quality(self) -> dict | None:
+        return read_json(self.quality_file)
+
     def write_results(self, results: dict) -> None:
         write_json(self.results_file, results)
 
@@ -243,13 +287,15 @@ def _lock_holder(fd: int) -> str | None:
 
 
 class SweepDir:
-    """A sweep folder: runs/<cell>/ (run directories), logs/<cell>.log and results.jsonl."""
+    """A sweep folder: runs/<cell>/ (run directories), logs/<cell>.log, results.jsonl, and
+    cache/, the model cache its cells share (tsynd_tf.cache: each generator trained once)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
 
     results_file = property(lambda self: self.path / "results.jsonl")
     tensorboard = property(lambda self: self.path / "tensorboard")
+    cache = property(lambda self: self.path / "cache")
 
     def run(self, cell: str) -> RunDir:
         return RunDir(self.path / "runs" / cell)
@@ -267,7 +313,8 @@ class Run:
     classifier: object  # keras.Model
 
     def load_dataset(self) -> data.Dataset:
-        """The dataset the run was trained on, checked to have the same classes."""
+        """The dataset the run was trained on, checked to have the same classes and the
+        recorded fingerprint (data.check_same_data)."""
         from tsynd_tf import data
 
         c = self.config
@@ -276,7 +323,23 @@ class Run:
         if dataset.info.class_names != self.info.class_names:
             raise data.DataError(f"The data found has classes {list(dataset.info.class_names)}"
                                  f" but the run was trained on {list(self.info.class_names)}.")
+        where = (f"--data_dir={c.data_dir}" if c.data_dir else
+                 "no --data_dir (so $TSYND_DATA_DIR, else ~/.medmnist, is read)")
+        data.check_same_data(
+            self.directory.read_fingerprint(), data.fingerprint(dataset), self.directory,
+            fix=f"{self.directory.config_file} records {where}: put the data the run was "
+                "trained on back there, or train a new run on this data.")
         return dataset
+
+    def labelled(self, dataset: data.Dataset) -> data.Split:
+        """The labelled training images the classifier was trained on (subset.json)."""
+        import numpy as np
+
+        subset = self.directory.read_subset()
+        if subset is None or "indices" not in subset:
+            raise RunDirError(f"{self.directory.subset_file} is missing or holds no "
+                              "'indices': is this a run directory written by train?")
+        return dataset.train.subset(np.asarray(subset["indices"], dtype=np.int64))
 
 
 def load_run(path: str | Path) -> Run:

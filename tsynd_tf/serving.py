@@ -1,27 +1,33 @@
 """A trained MC-dropout classifier as a self-contained SavedModel for TF Serving.
 
-`export_classifier` (called at the end of training, and by `python -m tsynd_tf.export`)
-writes `<export_dir>/<name>/<version>/` (TF Serving's layout, published atomically by
-`fileio.atomic_directory`) with two signatures:
+`export_classifier` (called through `export_trained` at the end of training, and by
+`python -m tsynd_tf.export`) writes `<export_dir>/<name>/<version>/` (TF Serving's layout,
+published atomically by `fileio.atomic_directory`) with two signatures:
 
   serving_default  images: uint8 (None, size, size, channels), pixel values 0-255
                    -> probabilities (B, K) float32, mean of T MC-dropout passes
                       predicted_class (B,) int64, argmax of probabilities
                       predictive_entropy (B,) float32, nats
                       mutual_information (B,) float32, nats (epistemic part, BALD)
+                      ood_score (B,) float32, how unlike the labelled training images
+                      the input is (tsynd_tf.ood; ~1 or less on in-distribution images)
                       refer (B,) bool, mutual_information > the embedded mi_threshold
+                      or ood_score > the embedded ood_threshold
   metadata         no inputs -> class_names (K,) string, dataset_name, task string,
-                   size, channels, num_samples int64, mi_threshold float32 and
-                   metadata_json (string: everything, including how the threshold was chosen)
+                   size, channels, num_samples int64, mi_threshold and ood_threshold
+                   float32 and metadata_json (string: everything, including how the
+                   thresholds were chosen and what the OOD score is)
 
 The same JSON is also written to `assets.extra/tsynd_metadata.json`, TF Serving's folder for
 files that travel with a version, so a client can read it without TensorFlow. Reading either
 needs no project code: `tf.saved_model.load(path).signatures["metadata"]()`.
 
 The uncertainty is computed by `tsynd_tf.uncertainty` (traced into the graph), the single
-implementation that training and the latent ascent use. The default referral threshold is the
-(1 - refer_fraction) quantile of the validation images' MI at the served T: see
-`choose_mi_threshold` and saved_models/README.md.
+implementation that training and the latent ascent use; the OOD score by `tsynd_tf.ood`, its
+statistics baked in as constants. Both default thresholds are upper quantiles of the
+validation images' values (MI at the served T, 1 - refer_fraction; the OOD score,
+1 - ood_refer_fraction): see `choose_mi_threshold`, `choose_ood_threshold` and
+saved_models/README.md; `export_trained` fits the OOD score and chooses both.
 """
 
 from __future__ import annotations
@@ -39,11 +45,15 @@ from tsynd_tf.fileio import atomic_directory, read_json, remove_abandoned_direct
 log = logging.getLogger(__name__)
 
 FORMAT = "tsynd-tf-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the ood_score output and ood_threshold
 METADATA_FILE = "tsynd_metadata.json"  # in <version>/assets.extra/
 SERVING_SIGNATURE = "serving_default"
 METADATA_SIGNATURE = "metadata"
 DEFAULT_REFER_FRACTION = 0.05
+# 1%: an input is out of distribution when it is farther out than 99% of validation images.
+# On PneumoniaMNIST it refers 1.1-1.4% of the test images, and every solid-colour, noise
+# and colour-gradient image (tsynd_tf/ood.py).
+DEFAULT_OOD_REFER_FRACTION = 0.01
 
 
 class ExportError(ValueError):
@@ -73,16 +83,11 @@ def choose_mi_threshold(classifier, val_images: np.ndarray, info, num_samples: i
     from tsynd_tf.data import make_pipeline
     from tsynd_tf.uncertainty import mc_predict
 
-    if not 0.0 < refer_fraction < 1.0:
-        raise ValueError(f"refer_fraction must be in (0, 1); got {refer_fraction}.")
-    if len(val_images) == 0:
-        raise ValueError("No validation images to choose the MI threshold from; pass "
-                         "mi_threshold explicitly.")
+    _check_validation(val_images, refer_fraction, "refer_fraction", "mi_threshold")
     dataset = make_pipeline(val_images, None, batch_size, channels=info.channels)
     measures = mc_predict(classifier, dataset, num_samples, info.multilabel)
     mi = measures["mutual_information"]
-    # "higher": the threshold is a validation MI value and at most refer_fraction lie above.
-    threshold = float(np.quantile(mi, 1.0 - refer_fraction, method="higher"))
+    threshold = upper_quantile(mi, refer_fraction)
     referred = mi > threshold
     stats = {
         "rule": "quantile of validation mutual information",
@@ -104,6 +109,42 @@ def choose_mi_threshold(classifier, val_images: np.ndarray, info, num_samples: i
     return threshold, stats
 
 
+def upper_quantile(values: np.ndarray, refer_fraction: float) -> float:
+    """The (1 - refer_fraction) quantile, method "higher": a value observed on validation,
+    with at most refer_fraction of them above it."""
+    return float(np.quantile(values, 1.0 - refer_fraction, method="higher"))
+
+
+def _check_validation(val_images, refer_fraction: float, fraction_name: str,
+                      threshold_name: str) -> None:
+    if not 0.0 < refer_fraction < 1.0:
+        raise ValueError(f"{fraction_name} must be in (0, 1); got {refer_fraction}.")
+    if len(val_images) == 0:
+        raise ValueError(f"No validation images to choose the {threshold_name} from; pass "
+                         f"{threshold_name} explicitly.")
+
+
+def choose_ood_threshold(ood_score, val_images: np.ndarray, *,
+                         refer_fraction: float = DEFAULT_OOD_REFER_FRACTION,
+                         batch_size: int = 256) -> tuple[float, dict]:
+    """Referral threshold on `ood_score` (an ood.OODScore): the (1 - refer_fraction)
+    quantile of the validation images' scores, as for MI. The fraction is smaller than MI's:
+    the score is for inputs that are not what the model was built for at all, and each
+    validation image above it is a false alarm. Returns (threshold, stats)."""
+    _check_validation(val_images, refer_fraction, "ood_refer_fraction", "ood_threshold")
+    scores = ood_score.scores(val_images, batch_size)
+    threshold = upper_quantile(scores, refer_fraction)
+    return threshold, {
+        "rule": "quantile of validation ood_score",
+        "quantile": 1.0 - refer_fraction,
+        "refer_fraction_target": refer_fraction,
+        "refer_fraction_validation": float((scores > threshold).mean()),
+        "num_validation_images": int(len(scores)),
+        "validation_ood_median": float(np.median(scores)),
+        "validation_ood_max": float(scores.max()),
+    }
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -118,19 +159,26 @@ def _next_version(model_dir: Path) -> int:
     return int(versions[0].name) + 1 if versions else 1
 
 
+def read_metadata(version: Path) -> dict | None:
+    """The metadata of an exported version (assets.extra), or None where it has none."""
+    return read_json(Path(version) / "assets.extra" / METADATA_FILE)
+
+
 def find_export(model_dir: str | Path, run_dir: str | Path) -> Path | None:
     """The highest complete version in model_dir exported from the run at run_dir (its
     metadata's run_dir), or None."""
     run = str(Path(run_dir).resolve())
     for version in _versions(Path(model_dir).expanduser()):
-        metadata = read_json(version / "assets.extra" / METADATA_FILE) or {}
+        metadata = read_metadata(version) or {}
         if metadata.get("run_dir") == run and (version / "saved_model.pb").is_file():
             return version
     return None
 
 
 def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
-                   threshold_rule: dict | None = None, extra: dict | None = None) -> dict:
+                   threshold_rule: dict | None = None, extra: dict | None = None, *,
+                   ood_score, ood_threshold: float, ood_threshold_rule: dict | None = None
+                   ) -> dict:
     import keras
     import tensorflow as tf
 
@@ -148,6 +196,9 @@ def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
         "num_samples": int(num_samples),
         "mi_threshold": float(mi_threshold),
         "threshold_rule": threshold_rule or {"rule": "given explicitly"},
+        "ood_threshold": float(ood_threshold),
+        "ood_threshold_rule": ood_threshold_rule or {"rule": "given explicitly"},
+        "ood_score": ood_score.describe(),
         "classifier": classifier.name,
         "input": {"name": "images", "dtype": "uint8",
                   "shape": [None, int(info.size), int(info.size), int(info.channels)],
@@ -158,7 +209,10 @@ def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
             "predicted_class": "int64 (B,): argmax of probabilities",
             "predictive_entropy": "float32 (B,): entropy of the mean prediction, nats",
             "mutual_information": "float32 (B,): predictive minus expected entropy, nats",
-            "refer": "bool (B,): mutual_information > mi_threshold",
+            "ood_score": "float32 (B,): distance to the labelled training images (see "
+                         "ood_score), ~1 or less in distribution",
+            "refer": "bool (B,): mutual_information > mi_threshold or "
+                     "ood_score > ood_threshold",
         },
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tsynd_tf": tsynd_tf.__version__, "tensorflow": tf.__version__,
@@ -169,13 +223,15 @@ def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
     return metadata
 
 
-def _check_classifier(classifier, info, num_samples: int, mi_threshold: float) -> None:
+def _check_classifier(classifier, info, num_samples: int, mi_threshold: float,
+                      ood_threshold: float) -> None:
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 (MC dropout); got {num_samples}: with one "
                          "pass the mutual information is always 0.")
-    if not math.isfinite(mi_threshold) or mi_threshold < 0:
-        raise ValueError(f"mi_threshold must be a finite number >= 0 (nats); got "
-                         f"{mi_threshold}.")
+    for name, value, unit in (("mi_threshold", mi_threshold, " (nats)"),
+                              ("ood_threshold", ood_threshold, "")):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0{unit}; got {value}.")
     expected = (info.size, info.size, info.channels)
     if tuple(classifier.input_shape[1:]) != expected:
         raise ValueError(f"The classifier takes {tuple(classifier.input_shape[1:])} images but "
@@ -185,7 +241,8 @@ def _check_classifier(classifier, info, num_samples: int, mi_threshold: float) -
                          f"dataset has {info.num_classes} classes.")
 
 
-def _archive(classifier, info, num_samples: int, mi_threshold: float, metadata_json: str):
+def _archive(classifier, info, num_samples: int, mi_threshold: float, ood_score,
+             ood_threshold: float, metadata_json: str):
     """The Keras ExportArchive with the serving and metadata signatures."""
     import keras
     import tensorflow as tf
@@ -198,12 +255,14 @@ def _archive(classifier, info, num_samples: int, mi_threshold: float, metadata_j
                                            info.multilabel)
         probs = measures["probs"]
         mi = measures["mutual_information"]
+        ood = ood_score(x)
         return {
             "probabilities": probs,
             "predicted_class": tf.argmax(probs, axis=-1, output_type=tf.int64),
             "predictive_entropy": measures["predictive_entropy"],
             "mutual_information": mi,
-            "refer": mi > mi_threshold,
+            "ood_score": ood,
+            "refer": tf.logical_or(mi > mi_threshold, ood > ood_threshold),
         }
 
     def describe():
@@ -215,6 +274,7 @@ def _archive(classifier, info, num_samples: int, mi_threshold: float, metadata_j
             "channels": tf.constant(info.channels, tf.int64),
             "num_samples": tf.constant(num_samples, tf.int64),
             "mi_threshold": tf.constant(mi_threshold, tf.float32),
+            "ood_threshold": tf.constant(ood_threshold, tf.float32),
             "metadata_json": tf.constant(metadata_json, tf.string),
         }
 
@@ -227,18 +287,21 @@ def _archive(classifier, info, num_samples: int, mi_threshold: float, metadata_j
 
 
 def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
-                      export_dir, *, name: str | None = None, version: int | None = None,
-                      threshold_rule: dict | None = None,
+                      export_dir, *, ood_score, ood_threshold: float, name: str | None = None,
+                      version: int | None = None, threshold_rule: dict | None = None,
+                      ood_threshold_rule: dict | None = None,
                       extra_metadata: dict | None = None) -> Path:
     """Writes <export_dir>/<name>/<version>/ atomically and returns its path.
 
     `classifier`: a Keras MC-dropout classifier taking float32 images in [0, 1] and returning
-    logits. `info`: its DatasetInfo. The SavedModel is written by fileio.atomic_directory (a
-    hidden temporary folder beside the target, flushed to disk and renamed into place): a
-    version folder either is complete or does not exist, and is never overwritten.
+    logits. `info`: its DatasetInfo. `ood_score`: the classifier's ood.OODScore. The
+    SavedModel is written by fileio.atomic_directory (a hidden temporary folder beside the
+    target, flushed to disk and renamed into place): a version folder either is complete or
+    does not exist, and is never overwritten.
     """
     num_samples, mi_threshold = int(num_samples), float(mi_threshold)
-    _check_classifier(classifier, info, num_samples, mi_threshold)
+    ood_threshold = float(ood_threshold)
+    _check_classifier(classifier, info, num_samples, mi_threshold, ood_threshold)
     model_dir = Path(export_dir).expanduser() / (name or info.name)
     model_dir.mkdir(parents=True, exist_ok=True)
     for abandoned in remove_abandoned_directories(model_dir):
@@ -252,9 +315,11 @@ def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
                           "overwritten. Pass another --version or leave it out.")
 
     metadata = build_metadata(classifier, info, num_samples, mi_threshold, threshold_rule,
-                              extra_metadata)
+                              extra_metadata, ood_score=ood_score, ood_threshold=ood_threshold,
+                              ood_threshold_rule=ood_threshold_rule)
     metadata_json = json.dumps(metadata, indent=2)
-    archive = _archive(classifier, info, num_samples, mi_threshold, metadata_json)
+    archive = _archive(classifier, info, num_samples, mi_threshold, ood_score, ood_threshold,
+                       metadata_json)
     try:
         with atomic_directory(target) as tmp:
             archive.write_out(str(tmp), verbose=False)
@@ -263,3 +328,32 @@ def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
     except FileExistsError as e:  # another export took this version meanwhile
         raise ExportError(f"{e} Exported versions are never overwritten.") from e
     return target
+
+
+def export_trained(classifier, dataset, labelled, num_samples: int, export_dir, *,
+                   name: str, version: int | None = None, mi_threshold: float | None = None,
+                   refer_fraction: float = DEFAULT_REFER_FRACTION,
+                   ood_threshold: float | None = None,
+                   ood_refer_fraction: float = DEFAULT_OOD_REFER_FRACTION,
+                   batch_size: int = 256, extra_metadata: dict | None = None) -> Path:
+    """What training and the export command do: the OOD score fitted on the `labelled`
+    training images (a data.Split), each threshold given or chosen on `dataset.val`, then
+    export_classifier."""
+    from tsynd_tf.ood import OODScore
+
+    info, val = dataset.info, dataset.val
+    mi_rule = {"rule": "given explicitly (--mi_threshold)"}
+    if mi_threshold is None:
+        mi_threshold, mi_rule = choose_mi_threshold(
+            classifier, val.images, info, num_samples, val_targets=val.targets,
+            refer_fraction=refer_fraction, batch_size=batch_size)
+    ood_score = OODScore.fit(classifier, labelled.images, labelled.targets, val.images,
+                             info.multilabel, batch_size)
+    ood_rule = {"rule": "given explicitly (--ood_threshold)"}
+    if ood_threshold is None:
+        ood_threshold, ood_rule = choose_ood_threshold(
+            ood_score, val.images, refer_fraction=ood_refer_fraction, batch_size=batch_size)
+    return export_classifier(
+        classifier, info, num_samples, mi_threshold, export_dir, ood_score=ood_score,
+        ood_threshold=ood_threshold, name=name, version=version, threshold_rule=mi_rule,
+        ood_threshold_rule=ood_rule, extra_metadata=extra_metadata)

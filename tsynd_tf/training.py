@@ -15,7 +15,11 @@ generation left, so on CPU a killed and resumed run ends bitwise equal to an uni
 
 All methods train with the same batch size and number of steps per epoch, so they differ
 only in what the batches hold: `baseline` real images only; the others a fixed share
-(`synthetic_ratio`) of synthetic images from every pool generated so far.
+(`synthetic_ratio`) of synthetic images from every pool generated so far, the pools together
+`synthetic_multiple` times the labelled images. With `--train_on=synthetic` every pool is
+made first and every batch is synthetic (the Classification Accuracy Score). The quality of
+the pools is measured when training ends (tsynd_tf.reference), after the classifier's last
+step, so measuring never changes what a run trains.
 """
 
 from __future__ import annotations
@@ -68,25 +72,10 @@ def build_classifier(config: TrainConfig, info: data.DatasetInfo, channels: int)
     return classifier
 
 
-def saved_checkpoints(folder: Path) -> list[str]:
-    """The checkpoints the manager's state file lists in `folder`, newest first; where that
-    file is missing or unreadable, the ckpt-N.index files found there."""
-    if not folder.is_dir():
-        return []
-    try:
-        state = tf.train.get_checkpoint_state(str(folder))
-    except ValueError:  # a state file naming no checkpoint
-        state = None
-    if state is not None and state.model_checkpoint_path:
-        return (list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path])[::-1]
-    found = sorted(folder.glob("ckpt-*.index"), key=lambda p: int(p.stem.split("-")[-1]))
-    return [str(p.with_suffix("")) for p in reversed(found)]
-
-
-def checkpoint_files(path: str) -> list[str]:
-    """The files of the checkpoint with prefix `path` (its .index and .data-* shards)."""
-    prefix = Path(path)
-    return [str(p) for p in prefix.parent.glob(prefix.name + ".*")] or [str(prefix)]
+def joined(pools: list) -> data.Split:
+    """The images and targets of several pools (data.Split each) as one Split."""
+    return data.Split(np.concatenate([p.images for p in pools]),
+                      np.concatenate([p.targets for p in pools]))
 
 
 class Trainer:
@@ -154,10 +143,14 @@ class Trainer:
                                          config.channels, config.val_fraction, config.seed,
                                          config.group_pattern)
         info = self.dataset.info
+        self.fingerprint = fingerprint = data.fingerprint(self.dataset)
         recorded = self.run_dir.read_flags()
         if recorded is not None:
             config.check_resumable(recorded, self.run_dir.path)
-        self.run_dir.write_config(config.to_dict(), info)
+            data.check_same_data(self.run_dir.read_fingerprint(), fingerprint, self.run_dir,
+                                 fix="Pass the --data_dir of the data it was trained on to "
+                                     "resume it, or another --output_dir for a new run.")
+        self.run_dir.write_config(config.to_dict(), info, fingerprint)
         if self.dataset.files:  # an image folder: which file went where, auditable
             files = self.dataset.files
             self.run_dir.write_split({
@@ -182,7 +175,9 @@ class Trainer:
                                          self.eval_batch_size)
         self.real_images = uncertainty.without_autotuning(  # precise BN iterates it
             data.make_pipeline(self.real.images, None, self.eval_batch_size))
-        self.pool_size = max(1, round(config.pool_fraction * len(self.real)))
+        self.pool_size = (max(1, round(config.synthetic_multiple * len(self.real) /
+                                       config.rounds)) if config.rounds else 0)
+        self.batch_norm_images = self.real_images  # the training images' BN statistics
 
     def build_models(self) -> None:
         """Under the strategy's scope: the autoencoder, then the classifier (so it starts
@@ -203,6 +198,7 @@ class Trainer:
             verbose=self.verbose, eval_batch_size=self.eval_batch_size,
             autoencoder=(self.encoder, self.decoder, self.autoencoder), ae_epoch=self.ae_epoch,
             labelled_indices=self.labelled, val_images=self.dataset.val.images,
+            data_fingerprint=self.fingerprint["sha256"],
             infer=self.infer, stage_callbacks=self.stage_callbacks, run_dir=self.run_dir))
 
     def restore(self) -> None:
@@ -220,13 +216,13 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir.checkpoints,
                                                   max_to_keep=2)
         damaged = []
-        for path in saved_checkpoints(self.chief_dir.checkpoints):
+        for path in self.chief_dir.saved_checkpoints():
             try:
                 self.restore_from(path, state)
             except (tf.errors.OpError, IndexError, ValueError) as e:
                 damaged.append(path)
                 log.warning("Checkpoint %s is damaged (%s: %s); trying the one before it.",
-                            ", ".join(sorted(checkpoint_files(path))), type(e).__name__,
+                            ", ".join(sorted(RunDir.checkpoint_files(path))), type(e).__name__,
                             str(e).splitlines()[0] if str(e) else "")
                 continue
             log.info("Resumed from %s (autoencoder epoch %d, classifier epoch %d).",
@@ -235,7 +231,7 @@ class Trainer:
         if damaged:
             raise RunDirError(
                 f"No checkpoint in {self.chief_dir.checkpoints} can be read: "
-                f"{', '.join(f for p in damaged for f in sorted(checkpoint_files(p)))} are "
+                f"{', '.join(f for p in damaged for f in sorted(RunDir.checkpoint_files(p)))} are "
                 "damaged. The run cannot resume: move the run directory away and train "
                 "again, or pass another --output_dir.")
 
@@ -256,7 +252,7 @@ class Trainer:
                     callbacks.Summaries(self.writer, prefix="ae_"),
                     callbacks.Checkpoint(self.manager)]
         return [callbacks.EpochCounter(self.classifier_epoch),
-                callbacks.PreciseBatchNorm(self.real_images),
+                callbacks.PreciseBatchNorm(self.batch_norm_images),
                 callbacks.MCValidation(self.dataset.val, self.val_ds, self.dataset.info,
                                        self.config.num_samples, self.config.seed),
                 callbacks.Summaries(self.writer),
@@ -284,14 +280,16 @@ class Trainer:
         """First classifier epoch of a round, after the initial real-only epochs."""
         return self.config.initial_epochs + round_index * self.config.epochs_per_round
 
-    def train_classifier(self, first: int, until_epoch: int,
-                         synthetic: data.Split | None) -> None:
-        """Trains the stage of epochs [first, until_epoch), from where it stopped."""
+    def train_classifier(self, first: int, until_epoch: int, synthetic: data.Split | None,
+                         synthetic_only: bool = False) -> None:
+        """Trains the stage of epochs [first, until_epoch), from where it stopped, on real
+        images (and `synthetic` ones in the configured share), or on `synthetic` only."""
         start = int(self.classifier_epoch)
         if start >= until_epoch:
             return
+        real, synthetic = (synthetic, None) if synthetic_only else (self.real, synthetic)
         # One batch stream per stage, seeded by the stage; a resumed stage re-enters it.
-        batches = for_fit(classifier_batches(self.real, synthetic, self.config,
+        batches = for_fit(classifier_batches(real, synthetic, self.config,
                                              seed=self.config.seed * 1000 + first,
                                              replicas=self.strategy.num_replicas_in_sync)
                           .skip((start - first) * self.steps_per_epoch))
@@ -326,16 +324,23 @@ class Trainer:
             return recorded
         config, start = self.config, time.time()
         self.method.fit(self.real, self.dataset.train)
+        if self.method.generator_record is not None:
+            self.run_dir.write_generator(self.method.generator_record)
+        if config.train_on == "synthetic":
+            synthetic = joined([self.pool(r) for r in range(config.rounds)])
+            self.batch_norm_images = uncertainty.without_autotuning(
+                data.make_pipeline(synthetic.images, None, self.eval_batch_size))
+            self.train_classifier(0, self.stage_start(config.rounds), synthetic,
+                                  synthetic_only=True)
+            return self.finish(time.time() - start)
         self.train_classifier(0, self.stage_start(0), synthetic=None)
         pools = []
         for round_index in range(config.rounds):
             if self.method.makes_images:
                 pools.append(self.pool(round_index))
-            synthetic = (data.Split(np.concatenate([p.images for p in pools]),
-                                    np.concatenate([p.targets for p in pools]))
-                         if pools else None)
             self.train_classifier(self.stage_start(round_index),
-                                  self.stage_start(round_index + 1), synthetic)
+                                  self.stage_start(round_index + 1),
+                                  joined(pools) if pools else None)
         return self.finish(time.time() - start)
 
     def recorded_results(self) -> dict | None:
@@ -366,6 +371,12 @@ class Trainer:
                         "selected_epoch": selection.get("epoch"),
                         "pool_size": pool_size, "seconds_this_session": seconds,
                         "num_synthetic": pool_size * self.config.rounds})
+        generator = self.method.generator_record
+        if generator is not None:  # its training time, whichever run paid it
+            results.update({"generator_seconds": generator["seconds"],
+                            "generator_loaded": generator["loaded"]})
+        if pool_size and self.config.pool_quality and self.is_chief:
+            results.update(self.measure_pools())
         with self.writer.as_default(step=int(self.classifier_epoch)):
             for key, value in results.items():
                 if key.startswith(("test/", "last/test/")):
@@ -373,6 +384,31 @@ class Trainer:
         self.writer.flush()
         self.run_dir.write_results(results)
         return results
+
+    def measure_pools(self) -> dict:
+        """Quality of each pool, of all of them, and of the real labelled images (the floor
+        a generator is read against), against the training split (reference.PoolQuality):
+        written to the run directory and TensorBoard; all pools' as quality/... results."""
+        from tsynd_tf import reference
+
+        meter = reference.PoolQuality(self.dataset, self.config.cache_dir,
+                                      self.eval_batch_size)
+        pools = [self.chief_dir.read_pool(r) for r in range(self.config.rounds)]
+        # Next to a targeted pool's quality, the MI its images had under the classifier
+        # that targeted them (its diagnostics): what the targeting traded realism for.
+        rounds = [{**meter.measure(data.Split(p["images"], p["targets"])),
+                   **({"mean_mi": float(p["mutual_information"].mean())}
+                      if "mutual_information" in p else {})} for p in pools]
+        every = meter.measure(joined([data.Split(p["images"], p["targets"]) for p in pools]))
+        self.run_dir.write_quality({"reference": meter.record, "labelled":
+                                    meter.measure(self.real), "rounds": rounds, "all": every})
+        with self.writer.as_default():
+            for round_index, measured in enumerate(rounds):
+                for key, value in measured.items():
+                    tf.summary.scalar(f"quality/{key}", value, step=round_index)
+        log.info("Pool quality (all %d synthetic images): %s.", every["num_images"],
+                 ", ".join(f"{k} {v:.4g}" for k, v in every.items() if k != "num_images"))
+        return {f"quality/{key}": value for key, value in every.items()}
 
     def test_and_val(self) -> dict:
         """MC metrics of the classifier as it is, keyed test/... and val/..."""
@@ -388,8 +424,9 @@ class Trainer:
         return results
 
     def export(self, export_dir: str, name: str):
-        """SavedModel of the best classifier, MI threshold chosen on validation. A run that
-        had finished before reuses its export, if it has one (serving.find_export)."""
+        """SavedModel of the best classifier, its OOD score fitted on the labelled images,
+        MI and OOD thresholds chosen on validation (serving.export_trained). A run that had
+        finished before reuses its export, if it has one (serving.find_export)."""
         from tsynd_tf import serving
 
         if self.finished_before:
@@ -397,10 +434,7 @@ class Trainer:
             if existing is not None:
                 log.info("%s holds this run's export already; not exported again.", existing)
                 return existing
-        info, val = self.dataset.info, self.dataset.val
-        threshold, rule = serving.choose_mi_threshold(
-            self.classifier, val.images, info, self.config.num_samples,
-            val_targets=val.targets, batch_size=self.eval_batch_size)
-        return serving.export_classifier(
-            self.classifier, info, self.config.num_samples, threshold, export_dir, name=name,
-            threshold_rule=rule, extra_metadata={"run_dir": str(self.run_dir.path.resolve())})
+        return serving.export_trained(
+            self.classifier, self.dataset, self.real, self.config.num_samples, export_dir,
+            name=name, batch_size=self.eval_batch_size,
+            extra_metadata={"run_dir": str(self.run_dir.path.resolve())})

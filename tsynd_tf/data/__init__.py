@@ -6,6 +6,7 @@ losses, metrics and uncertainty code read.
 """
 
 from tsynd_tf.data.core import DataError, Dataset, DatasetInfo, Split
+from tsynd_tf.data.fingerprint import check_same_data, fingerprint
 from tsynd_tf.data.image_folder import KERMANY_GROUP_PATTERN, load_image_folder, shared_groups
 from tsynd_tf.data.medmnist_data import (
     MEDMNIST_SIZES,
@@ -29,7 +30,7 @@ __all__ = [
     "load_image_folder", "shared_groups", "MEDMNIST_SIZES", "available_datasets",
     "load_medmnist", "load_npz", "medmnist_path", "resolve_data_dir", "classifier_batches",
     "convert_channels", "for_fit", "make_pipeline", "to_uint8", "subsample_indices", "FOLDER",
-    "load_dataset",
+    "load_dataset", "fingerprint", "check_same_data",
 ]
 
 

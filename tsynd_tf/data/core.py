@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -77,3 +78,5 @@ class Dataset:
     # Image folders: each split's file names (relative to the folder), in split order, so a
     # run directory can record which file went where; None for MedMNIST's arrays.
     files: dict[str, list[str]] | None = None
+    # Where it was read from: the MedMNIST .npz file or the image folder (data.fingerprint).
+    source: Path | None = None

@@ -178,4 +178,5 @@ def load_image_folder(root: str | Path, size: int = 28, channels: int = 1,
     info = DatasetInfo(name=root.name, task=BINARY if len(class_names) == 2 else MULTI_CLASS,
                        class_names=tuple(class_names), size=size, channels=channels)
     return Dataset(info, train, val, test,
-                   files={"train": train_files, "val": val_files, "test": test_files})
+                   files={"train": train_files, "val": val_files, "test": test_files},
+                   source=root)

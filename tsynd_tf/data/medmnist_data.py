@@ -162,4 +162,4 @@ def load_medmnist(name: str, size: int = 28, data_dir: str | None = None,
                  _to_targets(arrays[f"{s}_labels"], len(class_names), multilabel))
         for s in SPLITS
     }
-    return Dataset(dataset_info, **splits)
+    return Dataset(dataset_info, **splits, source=path)

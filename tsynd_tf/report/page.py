@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tsynd_tf import cli
 from tsynd_tf.fileio import atomic_path
-from tsynd_tf.report import figures, records, robust_tables, tables
+from tsynd_tf.report import figures, quality_tables, records, robust_tables, tables
 
 
 def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
@@ -31,12 +31,16 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
         lines += tables.config_section(config, robust)
         lines += robust_tables.area_section(config) + robust_tables.corruption_section(config)
         lines += tables.paired_section(config, robust)
+    lines += quality_tables.quality_section(configs)
     lines += tables.reference_section(configs)
     lines += figures.figures_section(configs, robust, figures_dir, output.parent)
     if model_figures:
         from tsynd_tf.report.model_figures import model_figures_section
 
+        from tsynd_tf.report.guidance_figures import guidance_section
+
         lines += model_figures_section(configs, figures_dir, output.parent, count)
+        lines += guidance_section(configs, figures_dir, output.parent, count)
     lines += tables.statistics_notes(configs)
     return "\n".join(lines).rstrip() + "\n"
 

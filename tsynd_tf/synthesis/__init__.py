@@ -6,6 +6,11 @@
   tsynd_entropy  the same ascent of the predictive entropy (latent.TSynDEntropy)
   augment        augmented copies of labelled images, a fixed policy (augment.Augment)
   diffusion      samples of a class-conditional diffusion model (diffusion.Diffusion)
+  gan            samples of a class-conditional GAN (gan.GAN)
+  tsynd_diffusion          those samples guided up the classifier's mutual information
+                           (targeted_diffusion.TSynDDiffusion)
+  tsynd_diffusion_entropy  the same guidance up the predictive entropy
+                           (targeted_diffusion.TSynDDiffusionEntropy)
 
 A new method is one module with a `SynthesisMethod` subclass and one entry in METHODS.
 """
@@ -13,8 +18,10 @@ A new method is one module with a `SynthesisMethod` subclass and one entry in ME
 from tsynd_tf.synthesis.augment import Augment
 from tsynd_tf.synthesis.base import Context, NoSynthesis, Pool, SynthesisMethod
 from tsynd_tf.synthesis.diffusion import Diffusion
+from tsynd_tf.synthesis.gan import GAN
 from tsynd_tf.synthesis.latent import LatentNoise, TSynD, TSynDEntropy
 from tsynd_tf.synthesis.latent_ascent import RENDERINGS
+from tsynd_tf.synthesis.targeted_diffusion import TSynDDiffusion, TSynDDiffusionEntropy
 
 METHODS = {
     "baseline": NoSynthesis,
@@ -23,6 +30,9 @@ METHODS = {
     "tsynd_entropy": TSynDEntropy,
     "augment": Augment,
     "diffusion": Diffusion,
+    "gan": GAN,
+    "tsynd_diffusion": TSynDDiffusion,
+    "tsynd_diffusion_entropy": TSynDDiffusionEntropy,
 }
 
 __all__ = ["Context", "Pool", "SynthesisMethod", "TSynD", "METHODS", "RENDERINGS", "create"]

@@ -18,10 +18,14 @@ Adding a method = one module with a `SynthesisMethod` subclass + one entry in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 
 import numpy as np
 
-from tsynd_tf import data
+from tsynd_tf import cache, data
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -59,6 +63,7 @@ class Context:
     autoencoder: tuple  # (encoder, decoder, autoencoder) keras.Models
     ae_epoch: object  # tf.Variable
     labelled_indices: np.ndarray  # the labelled images' indices in the training split
+    data_fingerprint: str  # data.fingerprint's sha256 of the dataset the run trains on
     val_images: np.ndarray
     infer: object  # (model, images float [0, 1]) -> np.ndarray, batched, on this worker
     stage_callbacks: object  # (stage: str) -> list[keras.callbacks.Callback]
@@ -70,6 +75,11 @@ class SynthesisMethod:
 
     #: False for methods that add no images (the baseline): the Trainer then skips pools.
     makes_images = True
+    #: True for methods whose pools read the classifier being trained (targeted methods).
+    reads_classifier = False
+
+    #: The cache record of the generator `fit` trained or loaded (cache.fetch), if any.
+    generator_record: dict | None = None
 
     def __init__(self, context: Context):
         self.context = context
@@ -81,6 +91,16 @@ class SynthesisMethod:
     def pool(self, round_index: int, classifier, n: int) -> Pool:
         raise NotImplementedError
 
+    def fit_generator(self, model, labelled: data.Split, what: str) -> None:
+        """`model.fit` for --generator_steps seeded batches of --batch_size labelled images
+        (with their labels): how a class-conditional generator trains."""
+        config = self.config
+        batches = data.make_pipeline(labelled.images, labelled.targets, config.batch_size,
+                                     shuffle=True, seed=config.seed, repeat=True)
+        log.info("%s on %d images, %d steps.", what, len(labelled), config.generator_steps)
+        model.fit(batches, epochs=1, steps_per_epoch=config.generator_steps,
+                  verbose=self.context.verbose, shuffle=False)
+
 
 class NoSynthesis(SynthesisMethod):
     """`baseline`: real images only (the compute-matched control: same steps and batches)."""
@@ -89,3 +109,38 @@ class NoSynthesis(SynthesisMethod):
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
         raise RuntimeError("the baseline makes no synthetic images")
+
+
+def require_every_class(context: Context, labelled: data.Split) -> None:
+    """A class-conditional generator learns a class from its labelled images: none of a
+    class is an error before any training."""
+    if context.info.multilabel:
+        raise data.DataError(f"--method={context.config.method} conditions on one class per "
+                             f"image; {context.info.name} is multi-label.")
+    missing = [context.info.class_names[k] for k, n in enumerate(labelled.class_counts())
+               if n == 0]
+    if missing:
+        raise data.DataError(f"the labelled subset has no image of {missing}: --method="
+                             f"{context.config.method} cannot learn them; raise "
+                             "--train_fraction or --train_count.")
+
+
+def pool_labels(labelled: data.Split, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n class indices drawn from the labelled images' labels (seeded) and their one-hot
+    targets: a class-conditional generator's pool has the labelled set's class mix."""
+    labels = np.random.default_rng(seed).choice(labelled.targets.argmax(1), size=n)
+    return labels, np.eye(labelled.targets.shape[1], dtype=np.float32)[labels]
+
+
+def generator_entry(context: Context, name: str, version: int) -> cache.Entry:
+    """The cache entry of a generator trained on this run's labelled images: the same for
+    every method and run directory of one (dataset, labelled subset, generator settings)."""
+    config = context.config
+    labelled = hashlib.sha256(np.asarray(context.labelled_indices, np.int64).tobytes())
+    return cache.entry(config.cache_dir, name, {
+        "version": version, "dataset": context.info.name, "data": context.data_fingerprint[:16],
+        "size": context.info.size,
+        "channels": int(context.val_images.shape[-1]), "seed": config.seed,
+        "labelled": labelled.hexdigest()[:16], "generator_steps": config.generator_steps,
+        "batch_size": config.batch_size,
+        "generator_learning_rate": config.generator_learning_rate})

@@ -12,6 +12,23 @@
   sampling   DDIM (eta = 0, Song et al. 2021) over `steps` evenly spaced levels, with
              classifier-free guidance eps = (1 + w) eps(x, y) - w eps(x, none) (Ho & Salimans
              2022); one batched call holds the conditional and unconditional halves.
+  uncertainty guidance (UncertaintyGuide, --method=tsynd_diffusion): at every k-th DDIM
+             step the predicted clean image x0_hat, as the [0, 1] image the classifier trains
+             on, is scored by the MC-dropout classifier's mutual information (or predictive
+             entropy) over T batched passes, and moved up that score's gradient, per image
+             normalised to unit RMS, by scale * sqrt(1 - alpha_bar(t)) (in [0, 1] pixel
+             units), before the DDIM update re-noises it. Holding eps fixed, moving x0_hat by
+             d is moving x_t by sqrt(alpha_bar(t)) d, so this nudges x_t; the gradient is
+             taken with respect to x0_hat only (the U-Net's Jacobian is left out, as in
+             universal guidance, Bansal et al. 2023): backpropagating through the U-Net
+             would add a backward pass of the U-Net, the step's dominant cost, to every
+             guided step; this way a guided step adds T forward and backward passes of the
+             small classifier. The sqrt(1 - alpha_bar) factor puts the push where the noise
+             is large and the U-Net's later steps turn it into image structure, and leaves
+             the last, nearly clean steps almost untouched (on PneumoniaMNIST 10%, 25 DDIM
+             steps, a constant push of 0.02-0.1 reached half the MI of this schedule). The class
+             label (and classifier-free guidance) conditions every step as before; with
+             scale 0 the sampler is the unguided one, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from tsynd_tf import uncertainty
 from tsynd_tf.models import num_downsamplings
 
 LABEL_DROPOUT, EMA_DECAY, COSINE_OFFSET = 0.1, 0.995, 0.008
@@ -124,7 +142,10 @@ class DiffusionModel(keras.Model):
         with tf.GradientTape() as tape:
             predicted = self.network([noisy, t, labels], training=True)
             loss = tf.reduce_mean(tf.square(tf.cast(predicted, tf.float32) - noise))
-        gradients = tape.gradient(loss, self.network.trainable_variables)
+            # Under mixed_float16 compile() wraps the optimizer in a LossScaleOptimizer: the
+            # loss must be scaled on the tape (apply_gradients unscales); float32: unchanged.
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.network.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.network.trainable_variables))
         for average, weight in zip(self.ema.weights, self.network.weights):
             average.assign(EMA_DECAY * average + (1.0 - EMA_DECAY) * weight)
@@ -132,24 +153,28 @@ class DiffusionModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def sample(self, labels: np.ndarray, steps: int, guidance: float, seed: int,
-               batch_size: int = 256) -> np.ndarray:
-        """Images in [0, 1], one per label, by DDIM with classifier-free guidance."""
+               batch_size: int = 256, guide: UncertaintyGuide | None = None) -> np.ndarray:
+        """Images in [0, 1], one per label, by DDIM with classifier-free guidance, steered
+        towards the classifier's uncertainty by `guide` if given."""
         out = []
         for start in range(0, len(labels), batch_size):
             chunk = tf.constant(labels[start:start + batch_size], tf.int32)
-            out.append(self._sample(chunk, steps, float(guidance), seed + start).numpy())
+            out.append(self._sample(chunk, steps, float(guidance), seed + start, guide).numpy())
         return np.concatenate(out) if out else np.zeros((0, *self.ema.input_shape[0][1:]))
 
-    def _sample(self, labels, steps: int, guidance: float, seed: int) -> tf.Tensor:
+    def _sample(self, labels, steps: int, guidance: float, seed: int,
+                guide: UncertaintyGuide | None) -> tf.Tensor:
         n = tf.shape(labels)[0]
         shape = tf.concat([[n], self.ema.input_shape[0][1:]], 0)
         x = tf.random.stateless_normal(shape, seed=[seed, 1])
         levels = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
         unconditional = tf.fill([n], self.num_classes)
-        for t, t_next in zip(levels[:-1], levels[1:]):
+        for index, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
             eps = self._guided(x, tf.constant(t), labels, unconditional, tf.constant(guidance))
             signal, signal_next = alpha_bar(t), alpha_bar(tf.constant(t_next))
             x0 = tf.clip_by_value((x - tf.sqrt(1 - signal) * eps) / tf.sqrt(signal), -1, 1)
+            if guide is not None and guide.guides(index):
+                x0 = guide.nudge(x0, tf.sqrt(1 - signal))
             x = tf.sqrt(signal_next) * x0 + tf.sqrt(1 - signal_next) * eps
         return (x0 + 1.0) / 2.0
 
@@ -160,3 +185,45 @@ class DiffusionModel(keras.Model):
                         training=False)
         conditional, free = tf.split(tf.cast(both, tf.float32), 2)
         return (1.0 + guidance) * conditional - guidance * free
+
+
+class UncertaintyGuide:
+    """Moves DDIM's predicted clean images up the gradient of an MC-dropout classifier's
+    uncertainty (the module docstring has the rule). Built once per classifier: its traced
+    step is reused by every round."""
+
+    def __init__(self, classifier: keras.Model, objective: str, scale: float, every: int,
+                 num_samples: int, multilabel: bool = False):
+        if objective not in uncertainty.OBJECTIVES:
+            raise ValueError(f"Unknown objective {objective!r}; one of {uncertainty.OBJECTIVES}.")
+        if scale < 0 or every < 1:
+            raise ValueError(f"Uncertainty guidance needs scale >= 0 and every >= 1; got "
+                             f"{scale} and {every}.")
+        self.classifier, self.objective, self.scale, self.every = (classifier, objective,
+                                                                   float(scale), int(every))
+        self.num_samples, self.multilabel = num_samples, multilabel
+        # The step is normalised, so a constant scale is harmless; it keeps float16
+        # gradients (mixed precision) out of underflow, as in the latent ascent.
+        self.loss_scale = 1024.0 if classifier.compute_dtype == "float16" else 1.0
+        self._nudge = tf.function(self._nudged, reduce_retracing=True)
+
+    def guides(self, step_index: int) -> bool:
+        """Whether DDIM step `step_index` (0 = the noisiest) is nudged; never at scale 0."""
+        return self.scale > 0 and step_index % self.every == 0
+
+    def nudge(self, x0: tf.Tensor, noise_share: tf.Tensor) -> tf.Tensor:
+        """x0 in [-1, 1] moved up the uncertainty gradient by scale * noise_share."""
+        return self._nudge(x0, tf.cast(noise_share, tf.float32))
+
+    def _nudged(self, x0, noise_share):
+        images = (x0 + 1.0) / 2.0  # what the classifier trains on: [0, 1]
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            logits = uncertainty.mc_logits(self.classifier, images, self.num_samples)
+            score = uncertainty.objective_from_logits(logits, self.objective, self.multilabel)
+            scaled = tf.reduce_sum(score) * self.loss_scale
+        gradient = tf.cast(tape.gradient(scaled, images), tf.float32)
+        rms = tf.sqrt(tf.reduce_mean(tf.square(gradient), axis=[1, 2, 3], keepdims=True))
+        direction = gradient / (rms + 1e-12)
+        moved = images + self.scale * noise_share * direction
+        return tf.clip_by_value(moved * 2.0 - 1.0, -1.0, 1.0)

@@ -124,6 +124,7 @@ class TSynD(LatentMethod):
     information (BALD) of dec(z); `tsynd_entropy` ascends the predictive entropy."""
 
     objective = "mi"
+    reads_classifier = True
 
     def __init__(self, context):
         super().__init__(context)

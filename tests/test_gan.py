@@ -1,0 +1,110 @@
+"""gan: the class-conditional GAN method on real PneumoniaMNIST images - a run that trains it
+briefly and writes its pool, the model cache, bad input and the mode-collapse guard."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tsynd_tf import data
+from tsynd_tf.synthesis.gan import COLLAPSE_RATIO, GAN
+from tsynd_tf.synthesis.gan_model import NOISE_DIM
+
+CLASSES = ["normal", "pneumonia"]
+
+
+def must_not_train():
+    raise AssertionError("the GAN was trained, not loaded")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, medmnist_dir):
+    """A finished `gan` run: 10 GAN steps on 32 labelled images, one round, its own cache."""
+    from tsynd_tf import training
+    from tsynd_tf.config import TrainConfig
+    from tsynd_tf.runs import RunDir
+
+    root = tmp_path_factory.mktemp("gan")
+    config = TrainConfig(
+        method="gan", train_count=32, generator_steps=10, ae_epochs=1, initial_epochs=1,
+        rounds=1, epochs_per_round=1, num_samples=2, export_dir="", verbose=0,
+        data_dir=str(medmnist_dir), output_dir=str(root / "run"), cache_dir=str(root / "cache"),
+        synthetic_multiple=1, pool_quality=False)
+    trainer = training.Trainer(config, RunDir(root / "run"))
+    trainer.run()
+    return trainer
+
+
+def test_a_gan_run_writes_a_pool_of_labelled_images_in_range(run):
+    pool = run.run_dir.read_pool(0)
+    assert pool["images"].shape == (32, 28, 28, 1) and pool["images"].dtype == np.uint8
+    assert pool["images"].std() > 0  # not one constant image
+    np.testing.assert_array_equal(pool["targets"].sum(1), 1.0)  # one-hot labels
+    assert set(pool["targets"].argmax(1)) <= set(run.real.targets.argmax(1))
+    record = run.run_dir.read_generator()
+    assert record["loaded"] is False and record["settings"]["generator_steps"] == 10
+    assert set(record["class_diversity"]) == set(CLASSES)
+    # A pool is seeded by its round: made again, the same; another round's, not.
+    again = run.method.pool(0, run.classifier, 32)
+    np.testing.assert_array_equal(again.images, pool["images"])
+    assert not np.array_equal(run.method.pool(1, run.classifier, 32).images, pool["images"])
+
+
+def test_pool_labels_follow_the_labelled_class_mix(run):
+    pool = run.method.pool(0, run.classifier, 1000)
+    assert pool.images.shape == (1000, 28, 28, 1)
+    wanted = run.real.targets.mean(0)
+    np.testing.assert_allclose(pool.targets.mean(0), wanted, atol=0.05)
+
+
+def test_a_second_method_object_loads_the_cached_generator(run, caplog):
+    again = GAN(run.method.context)
+    again.train = lambda labelled: must_not_train()
+    with caplog.at_level(logging.INFO, logger="tsynd_tf"):
+        again.fit(run.real, run.dataset.train)
+    assert again.generator_record["loaded"] and "loaded from the cache" in caplog.text
+    for got, want in zip(again.model.ema.get_weights(), run.method.model.ema.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_corrupt_cached_generator_is_trained_again_to_the_same_weights(run, caplog):
+    weights = Path(run.method.generator_record["entry"]) / "weights.weights.h5"
+    saved = weights.read_bytes()
+    try:
+        weights.write_bytes(b"not an h5 file")
+        again = GAN(run.method.context)
+        with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
+            again.fit(run.real, run.dataset.train)
+        assert "does not load" in caplog.text and not again.generator_record["loaded"]
+        # One seed, one generator: retraining on CPU gives the first training's weights.
+        for got, want in zip(again.model.ema.get_weights(),
+                             run.method.model.ema.get_weights()):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        weights.write_bytes(saved)
+
+
+def test_a_class_without_labelled_images_is_refused_before_training(run):
+    normal_only = run.real.subset(np.flatnonzero(run.real.targets.argmax(1) == 0))
+    method = GAN(run.method.context)
+    method.train = lambda labelled: must_not_train()
+    with pytest.raises(data.DataError, match="no image of \\['pneumonia'\\]"):
+        method.fit(normal_only, run.dataset.train)
+
+
+def test_the_collapse_guard_fires_on_a_generator_that_ignores_its_noise(run, caplog):
+    assert run.method.generator_record["collapsed_classes"] == []
+    assert all(ratio > COLLAPSE_RATIO
+               for ratio in run.method.generator_record["class_diversity"].values())
+    collapsed = GAN(run.method.context)
+    base_map = collapsed.model.ema.get_layer("base_map")
+    kernel, bias = base_map.get_weights()
+    kernel[:NOISE_DIM] = 0.0  # the noise rows: every sample of a class is then one image
+    base_map.set_weights([kernel, bias])
+    with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
+        check = collapsed.collapse_check(run.real)
+    assert check["collapsed_classes"] == CLASSES
+    assert check["class_diversity"] == {name: 0.0 for name in CLASSES}
+    assert "near-copies" in caplog.text
+

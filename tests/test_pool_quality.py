@@ -1,0 +1,106 @@
+"""Pool quality (tsynd_tf.reference) and how much synthetic data a run uses: every pool of a
+generating method measured against the training split in a cached reference classifier's
+features; --synthetic_multiple; --train_on=synthetic (the Classification Accuracy Score)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tsynd_tf import data
+
+
+def breast_config(tmp_path, medmnist_dir, **overrides):
+    from tsynd_tf.config import TrainConfig
+
+    return TrainConfig(**{**dict(
+        dataset="breastmnist", train_count=40, ae_epochs=1, initial_epochs=1, rounds=2,
+        epochs_per_round=1, num_samples=2, export_dir="", verbose=0, method="augment",
+        data_dir=str(medmnist_dir), output_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache")), **overrides})
+
+
+@pytest.fixture(scope="module")
+def breast(medmnist_dir):
+    return data.load_medmnist("breastmnist", 28, str(medmnist_dir), download=False)
+
+
+def test_real_images_score_better_than_noise_in_the_reference_features(tmp_path, breast):
+    from tsynd_tf import reference
+
+    meter = reference.PoolQuality(breast, str(tmp_path))
+    assert meter.record["loaded"] is False and meter.record["val_acc"] > 0.7
+    real = meter.measure(breast.test)
+    noise = meter.measure(data.Split(
+        np.random.default_rng(0).integers(0, 256, breast.test.images.shape, np.uint8),
+        breast.test.targets))
+    assert real["fid"] < noise["fid"] / 5 and real["kid"] < noise["kid"]
+    assert real["precision"] > 0.5 > noise["precision"]
+    assert real["label_fidelity"] > 0.7
+    assert 0.5 < real["diversity"] < 1.5  # test images are as diverse as training images
+    assert reference.PoolQuality(breast, str(tmp_path)).record["loaded"] is True  # cached
+
+
+def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
+    from tsynd_tf import training
+    from tsynd_tf.runs import RunDir
+
+    config = breast_config(tmp_path, medmnist_dir, synthetic_multiple=3)
+    results = training.Trainer(config, RunDir(config.output_dir)).run()
+    assert results["num_synthetic"] == 3 * 40 and results["pool_size"] == 60
+    measured = RunDir(config.output_dir).read_quality()
+    assert [r["num_images"] for r in measured["rounds"]] == [60, 60]
+    assert measured["all"]["num_images"] == 120 and measured["labelled"]["num_images"] == 40
+    assert results["quality/fid"] == measured["all"]["fid"] > 0
+    assert 0 <= results["quality/precision"] <= 1 and 0 <= results["quality/recall"] <= 1
+    assert measured["reference"]["settings"]["dataset"] == "breastmnist"
+
+    baseline = dataclasses.replace(config, method="baseline", output_dir=str(tmp_path / "b"))
+    results = training.Trainer(baseline, RunDir(baseline.output_dir)).run()
+    assert "quality/fid" not in results and RunDir(baseline.output_dir).read_quality() is None
+
+
+def test_synthetic_only_training_sees_no_real_training_image(tmp_path, medmnist_dir,
+                                                              monkeypatch):
+    from tsynd_tf import training
+    from tsynd_tf.runs import RunDir
+
+    seen = []
+    original = training.classifier_batches
+
+    def recording(real, synthetic, *args, **kwargs):
+        seen.append((real.images, synthetic))
+        return original(real, synthetic, *args, **kwargs)
+
+    monkeypatch.setattr(training, "classifier_batches", recording)
+    config = breast_config(tmp_path, medmnist_dir, train_on="synthetic", pool_quality=False)
+    trainer = training.Trainer(config, RunDir(config.output_dir))
+    results = trainer.run()
+    pools = [RunDir(config.output_dir).read_pool(r)["images"] for r in range(2)]
+    assert len(seen) == 1 and seen[0][1] is None  # one stage, no second (real) part
+    np.testing.assert_array_equal(seen[0][0], np.concatenate(pools))
+    assert results["classifier_epochs"] == 3 and 0 <= results["test/acc"] <= 1
+    assert results["num_synthetic"] == 5 * 40
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "tsynd_mi"}, "reads the classifier it trains"),
+    ({"method": "baseline"}, "makes none"),
+    ({"rounds": 0}, "needs --rounds >= 1"),
+])
+def test_synthetic_only_training_refuses_what_it_cannot_do(settings, message):
+    from tsynd_tf.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{"train_on": "synthetic", "method": "augment", **settings})
+
+
+def test_a_run_recorded_with_pool_fraction_resumes_as_the_same_amount():
+    from tsynd_tf.config import TrainConfig
+
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "synthetic_multiple"}
+    old.update(pool_fraction=1.0, rounds=5)
+    assert TrainConfig.from_dict(old).synthetic_multiple == 5.0
+    TrainConfig().check_resumable(old, "run")  # 1.0 per round x 5 rounds = the default
+    with pytest.raises(Exception, match="synthetic_multiple"):
+        TrainConfig(synthetic_multiple=2.0).check_resumable(old, "run")
