@@ -28,7 +28,7 @@ from pathlib import Path
 
 from absl import flags
 
-from bench.run import device_info, summary
+from bench.run import device_info, machine_label, summary
 from tsynd_tf import cli, config
 
 flags.DEFINE_integer("num_images", 1000, "Images per timed sampling.")
@@ -62,9 +62,7 @@ def markdown(result: dict) -> str:
     head = (f"{s['dataset']} {s['size']}px, {result['num_images']} images, {s['ddim_steps']} "
             f"DDIM steps, guidance {s['uncertainty_guidance']:g} every {s['guidance_every']} "
             f"step(s), T={s['num_samples']}, eval batch {s['eval_batch_size']}, "
-            f"{d['mixed_precision']}; {d['cpu']} ({d['cpu_cores_usable']} cores)"
-            + (f", GPU {', '.join(d['gpus'])}" if d["gpus"] else "") +
-            f"; TF {d['tensorflow']}; {d['date'][:10]}")
+            f"{d['mixed_precision']}; {machine_label(d)}")
     rows = [f"**{head}**", "", "| sampling | median | min–max | unit |", "|---|---|---|---|"]
     for name in ("unguided", "guided"):
         m = result[name]

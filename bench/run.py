@@ -339,15 +339,21 @@ def median_parts(parts: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
+def machine_label(d: dict) -> str:
+    """'<cpu> (<n> cores)[, GPU ...]; TF <v>, Keras <v>; <date>' of a device_info dict: the
+    end of every bench table's heading."""
+    return (f"{d['cpu']} ({d['cpu_cores_usable']} cores)"
+            + (f", GPU {', '.join(d['gpus'])}" if d["gpus"] else "") +
+            f"; TF {d['tensorflow']}, Keras {d['keras']}; {d['date'][:10]}")
+
+
 def markdown(result: dict) -> str:
     d, s = result["device"], result["settings"]
     dataset = Path(s["data_dir"]).name if s["dataset"] == "folder" else s["dataset"]
     head = (f"{dataset} {s['size']}px, {s['classifier']}, batch {s['batch_size']}, "
             f"T={s['num_samples']}, {d['mixed_precision']}, "
             f"XLA {'on' if d['jit_compile'] else 'off'}, "
-            f"{d['strategy']} x{d['replicas']}; {d['cpu']} ({d['cpu_cores_usable']} cores)"
-            + (f", GPU {', '.join(d['gpus'])}" if d["gpus"] else "") +
-            f"; TF {d['tensorflow']}, Keras {d['keras']}; {d['date'][:10]}")
+            f"{d['strategy']} x{d['replicas']}; {machine_label(d)}")
     rows = [f"**{head}**", "", "| measurement | median | min–max | unit |", "|---|---|---|---|"]
 
     def row(name, m):
