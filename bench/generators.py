@@ -33,7 +33,7 @@ from pathlib import Path
 
 from absl import flags
 
-from bench.run import device_info
+from bench.run import device_info  # also defines --repeats, --warmup
 from tsynd_tf import cli, config
 
 flags.DEFINE_list("generators", ["diffusion", "gan"], "Generating methods to time.")

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from absl import flags
 
-from bench.run import device_info, machine_label, summary
+from bench.machine import device_info, machine_label
+from bench.run import summary
 from tsynd_tf import cli, config
 
 flags.DEFINE_integer("num_images", 1000, "Images per timed sampling.")

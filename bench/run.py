@@ -30,14 +30,10 @@ prints the table. Timings only; nothing is asserted. Run nothing else on the mac
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
-import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +41,7 @@ from pathlib import Path
 
 from absl import flags
 
+from bench.machine import device_info, machine_label
 from tsynd_tf import cli, config
 
 config.define_flags()  # the training settings, as `train` has them
@@ -67,50 +64,7 @@ FLAGS = flags.FLAGS
 MIB = 1024 * 1024
 
 
-# ----------------------------------------------------------------------------- device
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def device_info(trainer) -> dict:
-    import keras
-    import tensorflow as tf
-
-    from tsynd_tf import distribute
-
-    gpus = tf.config.list_physical_devices("GPU")
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)),
-        "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                 for g in gpus],
-        "python": platform.python_version(), "tensorflow": tf.__version__,
-        "keras": keras.__version__, "mixed_precision": trainer.policy,
-        "jit_compile": bool(trainer.config.jit_compile), **distribute.describe(trainer.strategy),
-        "intra_op_threads_env": os.environ.get("TF_NUM_INTRAOP_THREADS"),
-        "onednn_opts_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-        "git": git_revision(),
-    }
-
+# ----------------------------------------------------------------------------- memory
 
 def rss_peak_mib() -> float:
     """Peak resident set size of this process so far (Linux: ru_maxrss is in KiB)."""
@@ -338,14 +292,6 @@ def median_parts(parts: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-
-def machine_label(d: dict) -> str:
-    """'<cpu> (<n> cores)[, GPU ...]; TF <v>, Keras <v>; <date>' of a device_info dict: the
-    end of every bench table's heading."""
-    return (f"{d['cpu']} ({d['cpu_cores_usable']} cores)"
-            + (f", GPU {', '.join(d['gpus'])}" if d["gpus"] else "") +
-            f"; TF {d['tensorflow']}, Keras {d['keras']}; {d['date'][:10]}")
-
 
 def markdown(result: dict) -> str:
     d, s = result["device"], result["settings"]

@@ -6,6 +6,7 @@ Importable by test modules (`from conftest import ...`):
   run_command(command, ...)           a subprocess with the test environment; checks its exit
   run_module(module, *args, ...)      the same for `python -m module args`
   subprocess_env(**extra)             that environment, for Popen
+  reproducible(results)               a results.json dict less what differs between equal runs
 Fixtures: medmnist_dir, chest_xray_dir, small_xray_dir, pneumonia, trained_classifier and
 write_run_dir (a run directory holding trained_classifier).
 """
@@ -47,6 +48,13 @@ def _require(path: Path) -> Path:
                     "chest X-ray folder; set $TSYND_TEST_DATA to the folder holding "
                     "medmnist/ and chest_xray/.")
     return path
+
+
+def reproducible(results: dict) -> dict:
+    """results.json less the keys that differ between two runs that trained the same: the
+    seconds (this session's, per stage, the generator's) and whether the generator came
+    from the cache."""
+    return {k: v for k, v in results.items() if "seconds" not in k and k != "generator_loaded"}
 
 
 # ----------------------------------------------------------------------------- subprocesses

@@ -115,6 +115,7 @@ class Trainer:
         self.writer = tf.summary.create_file_writer(str(self.run_dir.tensorboard))
         self._inference = {}
         self.finished_before = False  # set by run() when the run had finished already
+        self.stage_seconds = {}  # this session's seconds per stage (`timed`), in results
         # Checkpointed progress (plain variables, outside the strategy's scope).
         self.ae_epoch = tf.Variable(0, dtype=tf.int64, name="ae_epoch")
         self.classifier_epoch = tf.Variable(0, dtype=tf.int64, name="classifier_epoch")
@@ -259,6 +260,17 @@ class Trainer:
                 callbacks.KeepBest(self.run_dir, self.best_val_auc),
                 callbacks.Checkpoint(self.manager)]
 
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """Adds the block's seconds to `stage` (generator, classifier, synthesis,
+        evaluation, pool_quality): results' seconds/... keys say where a run's time went."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = (self.stage_seconds.get(stage, 0.0) +
+                                         time.perf_counter() - start)
+
     def infer(self, model: keras.Model, images: np.ndarray) -> np.ndarray:
         """model(images, training=False) in batches, on this worker's device.
 
@@ -293,9 +305,10 @@ class Trainer:
                                              seed=self.config.seed * 1000 + first,
                                              replicas=self.strategy.num_replicas_in_sync)
                           .skip((start - first) * self.steps_per_epoch))
-        self.classifier.fit(batches, epochs=until_epoch, initial_epoch=start,
-                            steps_per_epoch=self.steps_per_epoch, verbose=self.verbose,
-                            callbacks=self.stage_callbacks("classifier"), shuffle=False)
+        with self.timed("classifier"):
+            self.classifier.fit(batches, epochs=until_epoch, initial_epoch=start,
+                                steps_per_epoch=self.steps_per_epoch, verbose=self.verbose,
+                                callbacks=self.stage_callbacks("classifier"), shuffle=False)
 
     def pool(self, round_index: int) -> data.Split:
         """The round's synthetic images, made once by the method and then read back from
@@ -310,7 +323,8 @@ class Trainer:
                 for variable, value in zip(self.dropout_states, done["dropout_seed_states"]):
                     variable.assign(value)
             return data.Split(done["images"], done["targets"])
-        pool = self.method.pool(round_index, self.classifier, self.pool_size)
+        with self.timed("synthesis"):
+            pool = self.method.pool(round_index, self.classifier, self.pool_size)
         self.run_dir.write_pool(
             round_index, images=pool.images, targets=pool.targets, **pool.diagnostics,
             dropout_seed_states=np.asarray([v.numpy() for v in self.dropout_states]))
@@ -323,7 +337,8 @@ class Trainer:
         if recorded is not None:
             return recorded
         config, start = self.config, time.time()
-        self.method.fit(self.real, self.dataset.train)
+        with self.timed("generator"):
+            self.method.fit(self.real, self.dataset.train)
         if self.method.generator_record is not None:
             self.run_dir.write_generator(self.method.generator_record)
         if config.train_on == "synthetic":
@@ -370,13 +385,17 @@ class Trainer:
                         "classifier_epochs": int(self.classifier_epoch),
                         "selected_epoch": selection.get("epoch"),
                         "pool_size": pool_size, "seconds_this_session": seconds,
+                        "precision": self.policy,
                         "num_synthetic": pool_size * self.config.rounds})
         generator = self.method.generator_record
         if generator is not None:  # its training time, whichever run paid it
             results.update({"generator_seconds": generator["seconds"],
                             "generator_loaded": generator["loaded"]})
         if pool_size and self.config.pool_quality and self.is_chief:
-            results.update(self.measure_pools())
+            with self.timed("pool_quality"):
+                results.update(self.measure_pools())
+        results.update({f"seconds/{stage}": seconds
+                        for stage, seconds in sorted(self.stage_seconds.items())})
         with self.writer.as_default(step=int(self.classifier_epoch)):
             for key, value in results.items():
                 if key.startswith(("test/", "last/test/")):
@@ -414,13 +433,15 @@ class Trainer:
         """MC metrics of the classifier as it is, keyed test/... and val/..."""
         info, num_samples, seed = self.dataset.info, self.config.num_samples, self.config.seed
         results = {}
-        for name, split, batches in (
-                ("test", self.dataset.test, data.make_pipeline(
-                    self.dataset.test.images, self.dataset.test.targets, self.eval_batch_size)),
-                ("val", self.dataset.val, self.val_ds)):
-            metrics = callbacks.mc_metrics(self.classifier, split, batches, info, num_samples,
-                                           seed)
-            results.update({f"{name}/{k}": v for k, v in metrics.items()})
+        with self.timed("evaluation"):
+            for name, split, batches in (
+                    ("test", self.dataset.test, data.make_pipeline(
+                        self.dataset.test.images, self.dataset.test.targets,
+                        self.eval_batch_size)),
+                    ("val", self.dataset.val, self.val_ds)):
+                metrics = callbacks.mc_metrics(self.classifier, split, batches, info,
+                                               num_samples, seed)
+                results.update({f"{name}/{k}": v for k, v in metrics.items()})
         return results
 
     def export(self, export_dir: str, name: str):

@@ -132,9 +132,10 @@ def pool_labels(labelled: data.Split, n: int, seed: int) -> tuple[np.ndarray, np
     return labels, np.eye(labelled.targets.shape[1], dtype=np.float32)[labels]
 
 
-def generator_entry(context: Context, name: str, version: int) -> cache.Entry:
+def generator_entry(context: Context, name: str, version: int, **settings) -> cache.Entry:
     """The cache entry of a generator trained on this run's labelled images: the same for
-    every method and run directory of one (dataset, labelled subset, generator settings)."""
+    every method and run directory of one (dataset, labelled subset, generator settings);
+    `settings` adds a generator's own (the autoencoder's)."""
     config = context.config
     labelled = hashlib.sha256(np.asarray(context.labelled_indices, np.int64).tobytes())
     return cache.entry(config.cache_dir, name, {
@@ -143,4 +144,4 @@ def generator_entry(context: Context, name: str, version: int) -> cache.Entry:
         "channels": int(context.val_images.shape[-1]), "seed": config.seed,
         "labelled": labelled.hexdigest()[:16], "generator_steps": config.generator_steps,
         "batch_size": config.batch_size,
-        "generator_learning_rate": config.generator_learning_rate})
+        "generator_learning_rate": config.generator_learning_rate, **settings})

@@ -18,11 +18,15 @@ import numpy as np
 import tensorflow as tf
 
 from tsynd_tf import data, uncertainty
+from tsynd_tf.cache import fetch
 from tsynd_tf.data.pipeline import for_fit, to_uint8
-from tsynd_tf.synthesis.base import Pool, SynthesisMethod
+from tsynd_tf.synthesis.base import Pool, SynthesisMethod, generator_entry
 from tsynd_tf.synthesis.latent_ascent import LatentAscent, latent_noise, render
 
 log = logging.getLogger(__name__)
+
+# Bumped when the autoencoder or its training changes: older cached ones are not reused.
+AUTOENCODER_VERSION = 1
 
 
 class LatentMethod(SynthesisMethod):
@@ -34,11 +38,28 @@ class LatentMethod(SynthesisMethod):
         self.labelled = None
 
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
+        """The autoencoder, from the run's checkpoint when its epochs are done, else from the
+        model cache: trained once per (labelled subset, autoencoder settings), shared by the
+        latent methods and seeds' runs that would train the same one."""
         config, context = self.config, self.context
         self.labelled = labelled
         if int(context.ae_epoch) >= config.ae_epochs:
             return
         images = unlabelled.images if config.ae_use_unlabelled else labelled.images
+        self.generator_record = fetch(self.autoencoder_entry(), self.autoencoder,
+                                      lambda: self.train_autoencoder(images))
+        context.ae_epoch.assign(config.ae_epochs)
+
+    def autoencoder_entry(self):
+        config, context = self.config, self.context
+        settings = {k: getattr(config, k) for k in (
+            "latent_channels", "ae_width", "ae_learning_rate", "ae_epochs", "ae_use_unlabelled",
+            "steps_per_epoch", "mixed_precision", "jit_compile", "strategy")}
+        return generator_entry(context, "autoencoder", AUTOENCODER_VERSION, **settings)
+
+    def train_autoencoder(self, images: np.ndarray) -> None:
+        """--ae_epochs epochs on `images`, resumed from the run's checkpoint (ae_epoch)."""
+        config, context = self.config, self.context
         to_pair = lambda x: (x, x)  # noqa: E731 - reconstruction target is the input
         # --steps_per_epoch applies here too: at 1% (one batch of labelled images) one pass
         # per epoch would give the autoencoder ~30 steps, and its decodes would be grey blurs.
