@@ -20,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 
 import numpy as np
 
-from tsynd_tf import cache, data
+from tsynd_tf import cache, data, distribute
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,17 @@ class SynthesisMethod:
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
         raise NotImplementedError
+
+    def fetch_generator(self, entry: cache.Entry, model, train) -> dict:
+        """`cache.fetch(entry, model, train)`, except in multi-worker training: there every
+        worker trains the generator in lockstep (its steps are collective), which the
+        entry's lock would deadlock, so the cache is neither read nor written."""
+        if distribute.task(self.context.strategy)[0] is None:
+            return cache.fetch(entry, model, train)
+        start = time.time()
+        train()
+        return {"kind": entry.kind, "settings": entry.settings, "entry": None,
+                "seconds": round(time.time() - start, 1), "loaded": False}
 
     def fit_generator(self, model, labelled: data.Split, what: str) -> None:
         """`model.fit` for --generator_steps seeded batches of --batch_size labelled images

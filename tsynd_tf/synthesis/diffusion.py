@@ -16,7 +16,6 @@ import numpy as np
 
 from tsynd_tf import data
 from tsynd_tf.data.pipeline import to_uint8
-from tsynd_tf.cache import fetch
 from tsynd_tf.synthesis.base import (Pool, SynthesisMethod, generator_entry, pool_labels,
                                      require_every_class)
 from tsynd_tf.synthesis.diffusion_model import DiffusionModel, build_unet
@@ -40,7 +39,7 @@ class Diffusion(SynthesisMethod):
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
         self.labelled = labelled
         require_every_class(self.context, labelled)
-        self.generator_record = fetch(
+        self.generator_record = self.fetch_generator(
             generator_entry(self.context, GENERATOR, DIFFUSION_VERSION),
             self.model.ema, lambda: self.train(labelled))
 

@@ -31,7 +31,6 @@ import logging
 import numpy as np
 
 from tsynd_tf import data, quality
-from tsynd_tf.cache import fetch
 from tsynd_tf.data.pipeline import to_uint8
 from tsynd_tf.synthesis.base import (Pool, SynthesisMethod, generator_entry, pool_labels,
                                      require_every_class)
@@ -58,8 +57,8 @@ class GAN(SynthesisMethod):
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
         self.labelled = labelled
         require_every_class(self.context, labelled)
-        record = fetch(generator_entry(self.context, GENERATOR, GAN_VERSION), self.model.ema,
-                       lambda: self.train(labelled))
+        record = self.fetch_generator(generator_entry(self.context, GENERATOR, GAN_VERSION),
+                                      self.model.ema, lambda: self.train(labelled))
         self.generator_record = {**record, **self.collapse_check(labelled)}
 
     def train(self, labelled: data.Split) -> None:

@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from tsynd_tf import data, uncertainty
-from tsynd_tf.cache import fetch
 from tsynd_tf.data.pipeline import for_fit, to_uint8
 from tsynd_tf.synthesis.base import Pool, SynthesisMethod, generator_entry
 from tsynd_tf.synthesis.latent_ascent import LatentAscent, latent_noise, render
@@ -46,8 +45,8 @@ class LatentMethod(SynthesisMethod):
         if int(context.ae_epoch) >= config.ae_epochs:
             return
         images = unlabelled.images if config.ae_use_unlabelled else labelled.images
-        self.generator_record = fetch(self.autoencoder_entry(), self.autoencoder,
-                                      lambda: self.train_autoencoder(images))
+        self.generator_record = self.fetch_generator(
+            self.autoencoder_entry(), self.autoencoder, lambda: self.train_autoencoder(images))
         context.ae_epoch.assign(config.ae_epochs)
 
     def autoencoder_entry(self):
