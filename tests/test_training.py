@@ -116,7 +116,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
                                                              medmnist_dir, killed_when,
                                                              resumed_at):
     reference, _ = uninterrupted
-    process = train(tmp_path, medmnist_dir, wait=False)
+    # A model cache of its own: this run trains its autoencoder (2 checkpointed epochs), so
+    # checkpoint 5 is classifier epoch 3 whatever other tests cached.
+    cache = f"--cache_dir={own_cache(tmp_path)}"
+    process = train(tmp_path, medmnist_dir, cache, wait=False)
     deadline = time.time() + 300
     while not killed_when(tmp_path) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -127,7 +130,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     first_pool = tmp_path / "synthetic" / "round_00.npz"
     pool_mtime = first_pool.stat().st_mtime_ns
 
-    output = train(tmp_path, medmnist_dir)
+    output = train(tmp_path, medmnist_dir, cache)
     assert f"Resumed from {tmp_path}" in output and resumed_at in output
     assert "older tsynd-tf" not in output
     assert first_pool.stat().st_mtime_ns == pool_mtime  # the finished pool was not redone
