@@ -2,11 +2,12 @@
 
 `fit` trains the run's autoencoder on the labelled images (or the whole training split with
 --ae_use_unlabelled), once per labelled subset and autoencoder settings: later runs load it
-from the model cache (tsynd_tf.cache) and train the same run bitwise. Each round then draws source images x from the labelled set (with
-replacement when the pool is larger), encodes z0 = enc(x), moves z0 inside the ball of
-radius epsilon * ||z0|| (`move`: at random for `latent_noise`, by gradient ascent of the
-classifier's uncertainty for `tsynd_*`) and renders the moved latent as an image
-(--synthesis: dec(z*), or x + dec(z*) - dec(z0)). A synthetic image keeps its source's label.
+from the model cache (tsynd_tf.cache) and train the same run bitwise. Each round then draws
+source images x from the labelled set (with replacement when the pool is larger), encodes
+z0 = enc(x), moves z0 inside the ball of radius epsilon * ||z0|| (`move`: at random for
+`latent_noise`, by gradient ascent of the classifier's uncertainty for `tsynd_*`) and
+renders the moved latent as an image (--synthesis: dec(z*), or x + dec(z*) - dec(z0)). A
+synthetic image keeps its source's label.
 """
 
 from __future__ import annotations
