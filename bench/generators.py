@@ -7,9 +7,10 @@ CPU cores: recognisable samples within 15 minutes of training, 1,000 images with
 
 Every training flag applies (config.TrainConfig: dataset, size, train_fraction, batch_size,
 generator_steps, ddim_steps, guidance_scale, eval_batch_size, mixed_precision, ...), and
-bench.run's --repeats and --warmup. For each of --generators, a `training.Trainer` of that
---method is built in a temporary run directory with a temporary model cache; its method fits
-its generator for --steps batches and samples a few images (tracing; untimed). Then the
+bench.run's --repeats and --warmup. For each of --generators, the run parts
+(run_parts.assemble) of that --method are built in a temporary run directory with a
+temporary model cache; its method fits its generator for --steps batches and samples a few
+images (tracing; untimed). Then the
 method's own `train` (--steps batches of --batch_size on the labelled images) runs --warmup
 times untimed and --repeats times timed, and its own `pool` (--num_images images; diffusion at
 --ddim_steps) --sample_repeats times: one diffusion pool of 1,000 images takes minutes on 2
@@ -55,24 +56,24 @@ def timed(call, repeats: int, warmup: int = 0) -> list[float]:
 
 
 def measure(settings: config.TrainConfig, generator: str, root: Path) -> list[dict]:
-    from tsynd_tf import training
+    from tsynd_tf import run_parts
     from tsynd_tf.runs import RunDir
 
     run_settings = dataclasses.replace(
         settings, method=generator, generator_steps=FLAGS.steps, verbose=0,
         output_dir=str(root / generator), cache_dir=str(root / "cache"))
-    trainer = training.Trainer(run_settings, RunDir(root / generator))
-    method = trainer.method
-    method.fit(trainer.real, trainer.dataset.train)  # traces the training step
-    method.pool(0, trainer.classifier, min(FLAGS.num_images, 8))  # traces the sampler
-    device = device_info(trainer)
+    parts = run_parts.assemble(run_settings, RunDir(root / generator))
+    method = parts.method
+    method.fit(parts.real, parts.dataset.train)  # traces the training step
+    method.pool(0, parts.classifier, min(FLAGS.num_images, 8))  # traces the sampler
+    device = device_info(parts)
     common = {"generator": generator, "dataset": settings.dataset, "size": settings.size,
-              "labelled_images": len(trainer.real), "cpu": device["cpu"],
+              "labelled_images": len(parts.real), "cpu": device["cpu"],
               "cpu_cores_usable": device["cpu_cores_usable"], "gpus": device["gpus"],
               "mixed_precision": device["mixed_precision"], "load_average": os.getloadavg()}
-    train = timed(lambda: method.train(trainer.real), FLAGS.repeats, FLAGS.warmup)
+    train = timed(lambda: method.train(parts.real), FLAGS.repeats, FLAGS.warmup)
     per_step = statistics.median(train) / FLAGS.steps
-    sample = timed(lambda: method.pool(0, trainer.classifier, FLAGS.num_images),
+    sample = timed(lambda: method.pool(0, parts.classifier, FLAGS.num_images),
                    FLAGS.sample_repeats)
     sampler = {"ddim_steps": settings.ddim_steps} if generator.endswith("diffusion") else {}
     return [
@@ -83,7 +84,7 @@ def measure(settings: config.TrainConfig, generator: str, root: Path) -> list[di
          "seconds_at_generator_steps": per_step * settings.generator_steps,
          "target_seconds": TARGET_TRAIN_SECONDS},
         {**common, "measure": "sample", "num_images": FLAGS.num_images, **sampler,
-         "eval_batch_size": trainer.eval_batch_size, "seconds": statistics.median(sample),
+         "eval_batch_size": parts.eval_batch_size, "seconds": statistics.median(sample),
          "seconds_min_max": [min(sample), max(sample)],
          "target_seconds": TARGET_SAMPLE_SECONDS}]
 

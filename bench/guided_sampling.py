@@ -7,10 +7,10 @@ without uncertainty guidance, the same DDIM steps, labels and noise, on this dev
 
 Every training flag applies (config.TrainConfig: dataset, size, ddim_steps, guidance_scale,
 uncertainty_guidance, guidance_every, num_samples, eval_batch_size, mixed_precision, ...),
-and bench.run's --repeats, --warmup and --output. A `training.Trainer` is built from them;
-its method fits (or loads from the model cache) its generator, and each repetition times the
-method's own samplers on the Trainer's classifier: `Diffusion.sample` (unguided) and
-`TSynDDiffusion.sample` (guided), interleaved so that a change in the machine's load
+and bench.run's --repeats, --warmup and --output. A run's parts (run_parts.assemble) are
+built from them; its method fits (or loads from the model cache) its generator, and each
+repetition times the method's own samplers on the run's classifier: `Diffusion.sample`
+(unguided) and `TSynDDiffusion.sample` (guided), interleaved so that a change in the machine's load
 reaches both. Neither time depends on the weights: a generator of --generator_steps=2 and
 the untrained classifier time the same as trained ones. Writes --output (JSON, default
 bench/results/guided_sampling_<dataset>_<size>_<device>.json) and a .md table beside it.
@@ -37,12 +37,12 @@ FLAGS = flags.FLAGS
 TARGETED = ("tsynd_diffusion", "tsynd_diffusion_entropy")
 
 
-def measure(trainer) -> dict:
+def measure(parts) -> dict:
     import numpy as np
 
     from tsynd_tf.synthesis.diffusion import Diffusion
 
-    method, classifier, n = trainer.method, trainer.classifier, FLAGS.num_images
+    method, classifier, n = parts.method, parts.classifier, FLAGS.num_images
     labels = np.random.default_rng(0).choice(method.labelled.targets.argmax(1), size=n)
     samplers = {"unguided": lambda: Diffusion.sample(method, labels, 0, classifier),
                 "guided": lambda: method.sample(labels, 0, classifier)}
@@ -83,17 +83,17 @@ def main(argv):
                              f"> 0 (got {settings.method!r}, {settings.uncertainty_guidance}).")
     if FLAGS.num_images < 1 or FLAGS.repeats < 1 or FLAGS.warmup < 0:
         raise cli.UsageError("--num_images and --repeats must be >= 1, --warmup >= 0.")
-    from tsynd_tf import training
+    from tsynd_tf import run_parts
     from tsynd_tf.runs import RunDir
 
     with tempfile.TemporaryDirectory(prefix="tsynd-bench-") as run_dir:
         settings = dataclasses.replace(settings, output_dir=run_dir, verbose=0)
-        trainer = training.Trainer(settings, RunDir(run_dir))
-        trainer.method.fit(trainer.real, trainer.dataset.train)
-        result = {"device": device_info(trainer), "num_images": FLAGS.num_images,
+        parts = run_parts.assemble(settings, RunDir(run_dir))
+        parts.method.fit(parts.real, parts.dataset.train)
+        result = {"device": device_info(parts), "num_images": FLAGS.num_images,
                   "settings": {k: v for k, v in settings.to_dict().items()
                                if k not in ("output_dir", "export_dir", "verbose")},
-                  "command": " ".join(sys.argv), **measure(trainer)}
+                  "command": " ".join(sys.argv), **measure(parts)}
     device = "gpu" if result["device"]["gpus"] else "cpu"
     output = Path(FLAGS.output or f"bench/results/guided_sampling_{settings.dataset}_"
                                   f"{settings.size}_{device}.json")

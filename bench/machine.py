@@ -32,7 +32,7 @@ def git_revision() -> str | None:
         return None
 
 
-def device_info(trainer) -> dict:
+def device_info(parts) -> dict:
     import keras
     import tensorflow as tf
 
@@ -46,8 +46,8 @@ def device_info(trainer) -> dict:
         "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name)
                  for g in gpus],
         "python": platform.python_version(), "tensorflow": tf.__version__,
-        "keras": keras.__version__, "mixed_precision": trainer.policy,
-        "jit_compile": bool(trainer.config.jit_compile), **distribute.describe(trainer.strategy),
+        "keras": keras.__version__, "mixed_precision": parts.policy,
+        "jit_compile": bool(parts.config.jit_compile), **distribute.describe(parts.strategy),
         "intra_op_threads_env": os.environ.get("TF_NUM_INTRAOP_THREADS"),
         "onednn_opts_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "git": git_revision(),

@@ -7,10 +7,10 @@ r"""Throughput, overhead and memory of the TSynD training path, on real data, on
 
 Every training flag applies (config.TrainConfig: dataset, size, classifier, batch_size,
 num_samples, ascent_steps, train_fraction, mixed_precision, jit_compile, strategy, ...): the
-models, data, pipelines and synthesis method are those of a `training.Trainer` built from
-them, in one process on the current device, and each measurement calls the Trainer's own
-objects (nothing is re-implemented here). Measured, each as the median over --repeats after --warmup
-untimed repetitions (tracing, caches):
+models, data, pipelines and synthesis method are the run's parts (run_parts.assemble)
+built from them, in one process on the current device, and each measurement calls those
+objects (nothing is re-implemented here). Measured, each as the median over --repeats after
+--warmup untimed repetitions (tracing, caches):
 
   train_pipeline   classifier `fit` on the project's tf.data pipeline, as Trainer trains
   train_numpy      the same model, compiled the same way, `fit` on numpy arrays
@@ -138,25 +138,25 @@ class Stopwatch:
 
 # ----------------------------------------------------------------------------- measurements
 
-def fresh_classifier(trainer):
-    """A second classifier built and compiled exactly as Trainer builds its own."""
-    from tsynd_tf import training
+def fresh_classifier(parts):
+    """A second classifier built and compiled exactly as the run's own (run_parts)."""
+    from tsynd_tf import run_parts
 
-    with trainer.strategy.scope():
-        return training.build_classifier(trainer.config, trainer.dataset.info,
-                                         trainer.dataset.train.images.shape[-1])
+    with parts.strategy.scope():
+        return run_parts.build_classifier(parts.config, parts.dataset.info,
+                                         parts.dataset.train.images.shape[-1])
 
 
-def measure_training(trainer) -> dict:
+def measure_training(parts) -> dict:
     import numpy as np
 
     from tsynd_tf.data.pipeline import classifier_batches, for_fit
 
-    config, split = trainer.config, trainer.dataset.train
+    config, split = parts.config, parts.dataset.train
     batch, epochs = config.batch_size, FLAGS.warmup + FLAGS.repeats
     steps = FLAGS.bench_steps or math.ceil(len(split) / batch)
     count = min(len(split), steps * batch)
-    replicas = trainer.strategy.num_replicas_in_sync
+    replicas = parts.strategy.num_replicas_in_sync
     results = {"images_per_epoch": count, "batch_size": batch}
 
     def pipeline_fit(model, synthetic):
@@ -167,9 +167,9 @@ def measure_training(trainer) -> dict:
                   verbose=0, callbacks=[timer], shuffle=False)
         return summary(timer.seconds, math.ceil(count / batch) * batch, "img/s")
 
-    results["train_pipeline"] = pipeline_fit(trainer.classifier, None)
+    results["train_pipeline"] = pipeline_fit(parts.classifier, None)
 
-    model = fresh_classifier(trainer)
+    model = fresh_classifier(parts)
     x = split.images[:count].astype(np.float32) / 255.0
     timer = epoch_timer()
     model.fit(x, split.targets[:count], batch_size=batch, epochs=epochs, verbose=0,
@@ -178,34 +178,35 @@ def measure_training(trainer) -> dict:
     del x
     results["numpy_over_pipeline"] = (results["train_numpy"]["median"] /
                                       results["train_pipeline"]["median"])
-    results["train_mixed"] = pipeline_fit(fresh_classifier(trainer), trainer.real)
+    results["train_mixed"] = pipeline_fit(fresh_classifier(parts), parts.real)
     return results
 
 
-def pool_anchors(trainer, size: int):
+def pool_anchors(parts, size: int):
     import numpy as np
 
-    rng = np.random.default_rng(trainer.config.seed)
-    sources = rng.choice(len(trainer.real), size=size, replace=size > len(trainer.real))
-    return trainer.infer(trainer.encoder, trainer.real.images[sources] / np.float32(255))
+    from tsynd_tf.synthesis.generators import draw_sources
+
+    sources = draw_sources(len(parts.real), size, parts.config.seed)
+    return parts.infer(parts.encoder, parts.real.images[sources] / np.float32(255))
 
 
-def measure_ascent(trainer) -> dict:
+def measure_ascent(parts) -> dict:
     """The method's `move` of a pool of latents, as its `pool` calls it each round."""
-    if not hasattr(trainer.method, "move"):
-        return {"skipped": f"--method={trainer.config.method} moves no latents"}
-    config = trainer.config
-    pool = FLAGS.ascent_pool or trainer.pool_size
-    anchors = pool_anchors(trainer, pool)
+    if not hasattr(parts.method, "move"):
+        return {"skipped": f"--method={parts.config.method} moves no latents"}
+    config = parts.config
+    pool = FLAGS.ascent_pool or parts.pool_size
+    anchors = pool_anchors(parts, pool)
     seconds = []
     for _ in range(FLAGS.warmup + FLAGS.repeats):
         start = time.perf_counter()
-        trainer.method.move(0, anchors, trainer.classifier)
+        parts.method.move(0, anchors, parts.classifier)
         seconds.append(time.perf_counter() - start)
     from tsynd_tf.synthesis import TSynD
 
     # TSynD steps each latent ascent_steps times; latent noise moves it once.
-    steps = config.ascent_steps if isinstance(trainer.method, TSynD) else 1
+    steps = config.ascent_steps if isinstance(parts.method, TSynD) else 1
     result = summary(seconds, pool * steps, "latent-steps/s")
     result.update(pool_size=pool, num_samples=config.num_samples, ascent_steps=steps,
                   batch_size=config.batch_size,
@@ -213,17 +214,17 @@ def measure_ascent(trainer) -> dict:
     return result
 
 
-def measure_mc(trainer) -> dict:
+def measure_mc(parts) -> dict:
     from tsynd_tf import data, uncertainty
 
-    config, test = trainer.config, trainer.dataset.test
+    config, test = parts.config, parts.dataset.test
     images = test.images[:FLAGS.mc_images or len(test)]
     batches = data.make_pipeline(images, None, config.eval_batch_size)
     seconds = []
     for _ in range(FLAGS.warmup + FLAGS.repeats):
         start = time.perf_counter()
-        uncertainty.mc_predict(trainer.classifier, batches, config.num_samples,
-                               trainer.dataset.info.multilabel)
+        uncertainty.mc_predict(parts.classifier, batches, config.num_samples,
+                               parts.dataset.info.multilabel)
         seconds.append(time.perf_counter() - start)
     result = summary(seconds, len(images), "img/s")
     result.update(num_samples=config.num_samples, batch_size=config.eval_batch_size,
@@ -231,10 +232,11 @@ def measure_mc(trainer) -> dict:
     return result
 
 
-def measure_epoch_and_round(trainer) -> dict:
+def measure_epoch_and_round(parts) -> dict:
     """One classifier epoch and one generation round, both exactly as Trainer.run runs them."""
-    from tsynd_tf import callbacks, uncertainty
+    from tsynd_tf import callbacks, training, uncertainty
 
+    trainer = training.Trainer(parts)
     watch = Stopwatch()
     restore = [watch.wrap(callbacks.PreciseBatchNorm, "on_epoch_end", "precise_batch_norm"),
                watch.wrap(callbacks.MCValidation, "on_epoch_end", "validation_mc"),
@@ -244,24 +246,24 @@ def measure_epoch_and_round(trainer) -> dict:
     try:
         for epoch in range(FLAGS.warmup + FLAGS.repeats):
             start = time.perf_counter()
-            epoch = int(trainer.classifier_epoch)
+            epoch = int(parts.checkpoint.classifier_epoch)
             trainer.train_classifier(epoch, epoch + 1, synthetic=None)
             epochs.append(time.perf_counter() - start)
             epoch_parts.append(watch.take())
         result = {"epoch": summary(epochs, 1, "epochs/s"),
                   "epoch_parts_median_s": median_parts(epoch_parts),
-                  "steps_per_epoch": trainer.steps_per_epoch,
-                  "labelled": len(trainer.real)}
-        if not trainer.method.makes_images:
+                  "steps_per_epoch": parts.steps_per_epoch,
+                  "labelled": len(parts.real)}
+        if not parts.method.makes_images:
             return result
         # The autoencoder's training is not timed: mark it done, so `fit` only hands the
         # method its labelled images.
-        trainer.ae_epoch.assign(trainer.config.ae_epochs)
-        trainer.method.fit(trainer.real, trainer.dataset.train)
+        parts.checkpoint.ae_epoch.assign(parts.config.ae_epochs)
+        parts.method.fit(parts.real, parts.dataset.train)
         rounds, round_parts = [], []
         for name, label in (("move", "ascent"), ("log_pool", "pool_measures_and_summaries")):
-            if hasattr(trainer.method, name):
-                restore.append(watch.wrap(trainer.method, name, label))
+            if hasattr(parts.method, name):
+                restore.append(watch.wrap(parts.method, name, label))
         for index in range(FLAGS.warmup + FLAGS.repeats):
             start = time.perf_counter()
             trainer.pool(index)
@@ -272,10 +274,10 @@ def measure_epoch_and_round(trainer) -> dict:
             undo()
     result["round"] = summary(rounds, 1, "rounds/s")
     result["round_parts_median_s"] = median_parts(round_parts)
-    result.update(pool_size=trainer.pool_size, ascent_steps=trainer.config.ascent_steps)
+    result.update(pool_size=parts.pool_size, ascent_steps=parts.config.ascent_steps)
     epoch_s, round_s = result["epoch"]["seconds_median"], result["round"]["seconds_median"]
     result["round_over_epoch"] = round_s / epoch_s
-    config = trainer.config
+    config = parts.config
     baseline_epochs = config.initial_epochs + config.rounds * config.epochs_per_round
     # TSynD trains the same number of epochs of the same steps as the baseline (Trainer):
     # its extra cost is the rounds.
@@ -368,14 +370,14 @@ def main(argv):
         print(path.with_suffix(".md").read_text())
         return
     settings = config.from_flags(FLAGS)
-    from tsynd_tf import training
+    from tsynd_tf import run_parts
     from tsynd_tf.runs import RunDir
 
     with tempfile.TemporaryDirectory(prefix="tsynd-bench-") as run_dir:
         settings = dataclasses.replace(settings, output_dir=run_dir, verbose=0)
         start = time.perf_counter()
-        trainer = training.Trainer(settings, RunDir(run_dir))
-        result = {"device": device_info(trainer),
+        parts = run_parts.assemble(settings, RunDir(run_dir))
+        result = {"device": device_info(parts),
                   "settings": {k: v for k, v in settings.to_dict().items()
                                if k not in ("output_dir", "export_dir", "verbose")},
                   "bench": {"repeats": FLAGS.repeats, "warmup": FLAGS.warmup,
@@ -388,7 +390,7 @@ def main(argv):
                               ("mc", measure_mc), ("round", measure_epoch_and_round)):
             if name in FLAGS.only:
                 print(f"bench: {name} ...", flush=True)
-                result[name] = measure(trainer)
+                result[name] = measure(parts)
                 result["memory"][f"rss_peak_after_{name}_mib"] = rss_peak_mib()
                 result["memory"][f"gpu_peak_{name}_mib"] = gpu_peak_mib(reset=True)
         result["memory"]["rss_peak_mib"] = rss_peak_mib()

@@ -6,7 +6,7 @@ each: the measurement behind issue 19's bimodal throughput and its ResNet-18 row
   python -m bench.throughput --classifier=resnet18 --batch_size=128 \
       --mixed_precision=mixed_bfloat16
 
-The classifier is built and compiled as training builds it (training.build_classifier: Adam
+The classifier is built and compiled as training builds it (run_parts.build_classifier: Adam
 at --learning_rate, the project's loss) and trained with `fit` on the project's endless
 tf.data pipeline (data.classifier_batches) over the whole training split of --dataset (all
 labels, as MedMNIST's own trainer uses them), --bench_steps batches per repetition. For each
@@ -108,14 +108,14 @@ def main(argv):
     import tensorflow as tf
 
 
-    from tsynd_tf import data, training
+    from tsynd_tf import data, run_parts
 
     settings = config.from_flags(FLAGS)
-    precision = training.set_precision(settings.mixed_precision)
+    precision = run_parts.set_precision(settings.mixed_precision)
     dataset = data.load_dataset(settings.dataset, settings.size, settings.data_dir,
                                 settings.channels)
     split = dataset.train
-    classifier = training.build_classifier(settings, dataset.info, split.images.shape[-1])
+    classifier = run_parts.build_classifier(settings, dataset.info, split.images.shape[-1])
     batches = data.for_fit(data.classifier_batches(split, None, settings, seed=settings.seed))
     timer = repetition_timer(FLAGS.bench_steps * settings.batch_size)
     busy = [multiprocessing.Process(target=_busy_loop, daemon=True)
@@ -137,7 +137,7 @@ def main(argv):
         for process in busy:
             if process.is_alive():
                 process.terminate()
-    # device_info reads what it needs of a Trainer from these three attributes.
+    # device_info reads what it needs of a run's parts from these three attributes.
     device = device_info(types.SimpleNamespace(policy=precision, config=settings,
                                                strategy=tf.distribute.get_strategy()))
     result = {"settings": {k: settings.to_dict()[k] for k in

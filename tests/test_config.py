@@ -65,3 +65,81 @@ def test_flags_are_the_config_fields_with_their_defaults():
         assert flag.default == field.default
         assert flag.help.endswith(field.metadata["help"])  # enums prefix their choices
     assert from_flags(flag_values) == TrainConfig(seed=7, method="baseline", data_dir="/d")
+
+
+# ----------------------------------------------------------------------------- the package
+
+
+def test_every_registry_is_keyed_by_the_configs_names():
+    """config holds the names (it imports no registry); each registry must match them."""
+    from tsynd_tf import config, distribute, models, synthesis
+
+    assert tuple(synthesis.METHODS) == config.METHODS
+    assert models.CLASSIFIERS is config.CLASSIFIERS and distribute.STRATEGIES is config.STRATEGIES
+    for name in config.CLASSIFIERS:  # every name builds
+        assert models.build_classifier(name, 28, 1, 2, 0.3).output_shape == (None, 2)
+    with pytest.raises(ValueError, match="Unknown classifier"):
+        models.build_classifier("vit", 28, 1, 2, 0.3)
+
+
+def test_the_config_loads_no_tensorflow_and_the_package_has_no_import_cycle():
+    import subprocess
+    import sys
+
+    probe = ("import sys, tsynd_tf.config, tsynd_tf.cli, tsynd_tf.errors\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('tensorflow', 'keras', 'tsynd_tf')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout
+    assert "tensorflow" not in loaded and "keras" not in loaded and "tsynd_tf.config" in loaded
+    assert import_cycles() == []
+
+
+def import_cycles() -> list[list[str]]:
+    """The package's import cycles: strongly connected groups of modules in the graph of
+    every `import` of a tsynd_tf module, deferred (in a function) ones included."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (root / "tsynd_tf").rglob("*.py")}
+
+    def resolve(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {resolve(a.name) for a in node.names if a.name.startswith("tsynd_tf")}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tsynd_tf"):
+                edges |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                          else resolve(node.module) for a in node.names}
+        graph[name] = edges - {name}
+    # Tarjan's strongly connected components.
+    index, low, stack, cycles = {}, {}, [], []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return cycles

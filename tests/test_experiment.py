@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tsynd_tf import evaluation, explain, fileio, runs
 
 # Every stage runs (autoencoder, classifier, one generation round) in ~15 s per cell.
-TINY_CONFIG = "\n".join([*TINY_TRAIN_FLAGS, "--synthesis=residual"]) + "\n"
+TINY_CONFIG = "\n".join([*TINY_TRAIN_FLAGS, "--rendering=residual"]) + "\n"
 EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 --pgd_steps=1 "
              "--max_examples=64")
 METHODS = ("baseline", "tsynd_mi")

@@ -21,7 +21,7 @@ def must_not_train():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, medmnist_dir):
     """A finished `gan` run: 10 GAN steps on 32 labelled images, one round, its own cache."""
-    from tsynd_tf import training
+    from tsynd_tf import run_parts, training
     from tsynd_tf.config import TrainConfig
     from tsynd_tf.runs import RunDir
 
@@ -31,9 +31,9 @@ def run(tmp_path_factory, medmnist_dir):
         rounds=1, epochs_per_round=1, num_samples=2, export_dir="", verbose=0,
         data_dir=str(medmnist_dir), output_dir=str(root / "run"), cache_dir=str(root / "cache"),
         synthetic_multiple=1, pool_quality=False)
-    trainer = training.Trainer(config, RunDir(root / "run"))
-    trainer.run()
-    return trainer
+    parts = run_parts.assemble(config, RunDir(root / "run"))
+    training.Trainer(parts).run()
+    return parts
 
 
 def test_a_gan_run_writes_a_pool_of_labelled_images_in_range(run):

@@ -42,11 +42,11 @@ def test_real_images_score_better_than_noise_in_the_reference_features(tmp_path,
 
 
 def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
-    from tsynd_tf import training
+    from tsynd_tf import run_parts, training
     from tsynd_tf.runs import RunDir
 
     config = breast_config(tmp_path, medmnist_dir, synthetic_multiple=3)
-    results = training.Trainer(config, RunDir(config.output_dir)).run()
+    results = training.Trainer(run_parts.assemble(config, RunDir(config.output_dir))).run()
     assert results["num_synthetic"] == 3 * 40 and results["pool_size"] == 60
     measured = RunDir(config.output_dir).read_quality()
     assert [r["num_images"] for r in measured["rounds"]] == [60, 60]
@@ -56,13 +56,13 @@ def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
     assert measured["reference"]["settings"]["dataset"] == "breastmnist"
 
     baseline = dataclasses.replace(config, method="baseline", output_dir=str(tmp_path / "b"))
-    results = training.Trainer(baseline, RunDir(baseline.output_dir)).run()
+    results = training.Trainer(run_parts.assemble(baseline, RunDir(baseline.output_dir))).run()
     assert "quality/fid" not in results and RunDir(baseline.output_dir).read_quality() is None
 
 
 def test_synthetic_only_training_sees_no_real_training_image(tmp_path, medmnist_dir,
                                                               monkeypatch):
-    from tsynd_tf import training
+    from tsynd_tf import run_parts, training
     from tsynd_tf.runs import RunDir
 
     seen = []
@@ -74,7 +74,7 @@ def test_synthetic_only_training_sees_no_real_training_image(tmp_path, medmnist_
 
     monkeypatch.setattr(training, "classifier_batches", recording)
     config = breast_config(tmp_path, medmnist_dir, train_on="synthetic", pool_quality=False)
-    trainer = training.Trainer(config, RunDir(config.output_dir))
+    trainer = training.Trainer(run_parts.assemble(config, RunDir(config.output_dir)))
     results = trainer.run()
     pools = [RunDir(config.output_dir).read_pool(r)["images"] for r in range(2)]
     assert len(seen) == 1 and seen[0][1] is None  # one stage, no second (real) part

@@ -111,14 +111,14 @@ def test_a_strategy_this_machine_lacks_is_a_usage_error(monkeypatch):  # 10: 'TP
 
 
 def test_a_failed_start_leaves_no_run_directory(tmp_path):
-    from tsynd_tf import training
+    from tsynd_tf import run_parts
     from tsynd_tf.data import DataError
 
     empty = tmp_path / "images"
     empty.mkdir()
     config = TrainConfig(dataset="folder", data_dir=str(empty), verbose=0)
     with pytest.raises(DataError):
-        training.Trainer(config, runs.RunDir(tmp_path / "run"), lock=True)
+        run_parts.assemble(config, runs.RunDir(tmp_path / "run"), lock=True)
     assert not (tmp_path / "run").exists()
 
 
@@ -296,7 +296,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(finished, tmp_
 
 
 def test_no_intact_checkpoint_is_an_error_naming_the_files(finished, tmp_path):
-    from tsynd_tf import training
+    from tsynd_tf import run_parts
 
     run_dir = copy_run(finished, tmp_path / "run")
     for index in (run_dir / "checkpoints").glob("ckpt-*.index"):
@@ -304,7 +304,7 @@ def test_no_intact_checkpoint_is_an_error_naming_the_files(finished, tmp_path):
     recorded = runs.RunDir(run_dir).read_flags()
     config = TrainConfig.from_dict({**recorded, "output_dir": str(run_dir), "verbose": 0})
     with pytest.raises(runs.RunDirError, match="No checkpoint in .* can be read") as raised:
-        training.Trainer(config, runs.RunDir(run_dir), lock=True)
+        run_parts.assemble(config, runs.RunDir(run_dir), lock=True)
     for index in (run_dir / "checkpoints").glob("ckpt-*.index"):
         assert str(index) in str(raised.value)
     assert not (run_dir / "train.lock").exists()

@@ -159,16 +159,19 @@ def tiny_config(tmp_path, medmnist_dir, **overrides):
 
 
 def test_a_registered_method_plugs_into_the_trainer(tmp_path, medmnist_dir, monkeypatch):
-    from tsynd_tf import synthesis, training
+    from tsynd_tf import run_parts, synthesis, training
     from tsynd_tf.runs import RunDir
 
+    from tsynd_tf import config as config_module
+
     monkeypatch.setitem(synthesis.METHODS, "flipped_copies", FlippedCopies)
+    monkeypatch.setattr(config_module, "METHODS", (*config_module.METHODS, "flipped_copies"))
     config = tiny_config(tmp_path, medmnist_dir, method="flipped_copies")
-    trainer = training.Trainer(config, RunDir(tmp_path))
-    results = trainer.run()
+    parts = run_parts.assemble(config, RunDir(tmp_path))
+    results = training.Trainer(parts).run()
     assert results["num_synthetic"] == 2 * 32 and results["classifier_epochs"] == 3
-    assert int(trainer.ae_epoch) == 0  # the method never asked for the autoencoder
-    real = trainer.real
+    assert int(parts.checkpoint.ae_epoch) == 0  # the method never asked for the autoencoder
+    real = parts.real
     for round_index in range(2):
         pool = RunDir(tmp_path).read_pool(round_index)
         np.testing.assert_array_equal(pool["images"], real.images[:, ::-1])
@@ -179,14 +182,14 @@ def test_a_registered_method_plugs_into_the_trainer(tmp_path, medmnist_dir, monk
 def test_every_method_starts_from_the_same_classifier(tmp_path, medmnist_dir):
     """The paired design: at one seed, every method's classifier has the same initial
     weights, so methods differ only in what they add to the batches."""
-    from tsynd_tf import synthesis, training
+    from tsynd_tf import run_parts, synthesis
     from tsynd_tf.runs import RunDir
 
     weights = {}
     for method in synthesis.METHODS:
         config = tiny_config(tmp_path / method, medmnist_dir, method=method)
-        weights[method] = training.Trainer(config, RunDir(tmp_path / method)).classifier \
-            .get_weights()
+        parts = run_parts.assemble(config, RunDir(tmp_path / method))
+        weights[method] = parts.classifier.get_weights()
     for method, values in weights.items():
         for got, want in zip(values, weights["baseline"], strict=True):
             np.testing.assert_array_equal(got, want, err_msg=method)
@@ -194,24 +197,24 @@ def test_every_method_starts_from_the_same_classifier(tmp_path, medmnist_dir):
 
 def test_augment_pools_are_seeded_label_keeping_variations_of_labelled_images(
         tmp_path, medmnist_dir):
-    from tsynd_tf import training
+    from tsynd_tf import run_parts, training
     from tsynd_tf.runs import RunDir
 
     config = tiny_config(tmp_path, medmnist_dir, method="augment", rounds=1)
-    trainer = training.Trainer(config, RunDir(tmp_path))
-    results = trainer.run()
+    parts = run_parts.assemble(config, RunDir(tmp_path))
+    results = training.Trainer(parts).run()
     assert results["num_synthetic"] == 32
     pool = RunDir(tmp_path).read_pool(0)
-    position = {int(index): i for i, index in enumerate(trainer.labelled)}
+    position = {int(index): i for i, index in enumerate(parts.labelled)}
     sources = np.array([position[int(index)] for index in pool["source_indices"]])
-    real = trainer.real.images[sources]
+    real = parts.real.images[sources]
     assert pool["images"].shape == real.shape and pool["images"].dtype == np.uint8
-    np.testing.assert_array_equal(pool["targets"], trainer.real.targets[sources])
+    np.testing.assert_array_equal(pool["targets"], parts.real.targets[sources])
     difference = np.abs(pool["images"].astype(float) - real) / 255
     assert 0.01 < difference.mean() < 0.25  # changed, yet the same image
-    again = trainer.method.pool(0, trainer.classifier, 32)  # a regenerated pool: the same
+    again = parts.method.pool(0, parts.classifier, 32)  # a regenerated pool: the same
     np.testing.assert_array_equal(again.images, pool["images"])
-    assert not np.array_equal(trainer.method.pool(1, trainer.classifier, 32).images,
+    assert not np.array_equal(parts.method.pool(1, parts.classifier, 32).images,
                               pool["images"])
 
 
@@ -219,16 +222,16 @@ def test_diffusion_trains_samples_labelled_images_and_reuses_its_cache(
         tmp_path, medmnist_dir, caplog):
     import logging
 
-    from tsynd_tf import training
+    from tsynd_tf import run_parts, training
     from tsynd_tf.runs import RunDir
 
     config = tiny_config(tmp_path / "run", medmnist_dir, method="diffusion", rounds=1,
                          generator_steps=3, ddim_steps=2, cache_dir=str(tmp_path / "cache"))
-    trainer = training.Trainer(config, RunDir(tmp_path / "run"))
-    results = trainer.run()
+    parts = run_parts.assemble(config, RunDir(tmp_path / "run"))
+    results = training.Trainer(parts).run()
     pool = RunDir(tmp_path / "run").read_pool(0)
     assert pool["images"].shape == (32, 28, 28, 1) and pool["images"].dtype == np.uint8
-    assert set(pool["targets"].argmax(1)) <= set(trainer.real.targets.argmax(1))
+    assert set(pool["targets"].argmax(1)) <= set(parts.real.targets.argmax(1))
     np.testing.assert_array_equal(pool["targets"].sum(1), 1.0)  # one-hot labels
     record = RunDir(tmp_path / "run").read_generator()
     assert record["loaded"] is False and record["settings"]["generator_steps"] == 3
@@ -236,29 +239,29 @@ def test_diffusion_trains_samples_labelled_images_and_reuses_its_cache(
 
     # Another run directory of the same labelled subset (another method, or a resume) loads
     # the generator instead of training it.
-    other = training.Trainer(dataclasses.replace(config, output_dir=str(tmp_path / "other")),
-                             RunDir(tmp_path / "other"))
+    other = run_parts.assemble(dataclasses.replace(config, output_dir=str(tmp_path / "other")),
+                               RunDir(tmp_path / "other"))
     other.method.model.fit = None  # training it would fail
     with caplog.at_level(logging.INFO, logger="tsynd_tf"):
         other.method.fit(other.real, other.dataset.train)
     assert "loaded from the cache" in caplog.text and other.method.generator_record["loaded"]
     for got, want in zip(other.method.model.ema.get_weights(),
-                         trainer.method.model.ema.get_weights()):
+                         parts.method.model.ema.get_weights()):
         np.testing.assert_array_equal(got, want)
     # A corrupt cached file is not trusted: trained again.
     (Path(record["entry"]) / "weights.weights.h5").write_bytes(b"not an h5 file")
-    again = training.Trainer(dataclasses.replace(config, output_dir=str(tmp_path / "again")),
-                             RunDir(tmp_path / "again"))
+    again = run_parts.assemble(dataclasses.replace(config, output_dir=str(tmp_path / "again")),
+                               RunDir(tmp_path / "again"))
     again.method.fit(again.real, again.dataset.train)
     assert "does not load" in caplog.text and not again.method.generator_record["loaded"]
 
 
 def test_diffusion_refuses_a_class_without_labelled_images(tmp_path, medmnist_dir):
-    from tsynd_tf import data, training
+    from tsynd_tf import data, run_parts
     from tsynd_tf.runs import RunDir
 
     config = tiny_config(tmp_path, medmnist_dir, method="diffusion", generator_steps=1)
-    trainer = training.Trainer(config, RunDir(tmp_path))
-    normal_only = trainer.real.subset(np.flatnonzero(trainer.real.targets.argmax(1) == 0))
+    parts = run_parts.assemble(config, RunDir(tmp_path))
+    normal_only = parts.real.subset(np.flatnonzero(parts.real.targets.argmax(1) == 0))
     with pytest.raises(data.DataError, match="no image of \\['pneumonia'\\]"):
-        trainer.method.fit(normal_only, trainer.dataset.train)
+        parts.method.fit(normal_only, parts.dataset.train)

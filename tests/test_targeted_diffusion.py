@@ -14,17 +14,17 @@ POOL = 64  # images per compared pool
 MEASURE_SAMPLES = 100  # MC passes of the measurement (the guide itself uses --num_samples)
 
 
-def build_trainer(config, method: str, root):
-    from tsynd_tf import training
+def build_run(config, method: str, root):
+    from tsynd_tf import run_parts
     from tsynd_tf.runs import RunDir
 
     config = dataclasses.replace(config, method=method, output_dir=str(root / method))
-    return training.Trainer(config, RunDir(root / method))
+    return run_parts.assemble(config, RunDir(root / method))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, medmnist_dir):
-    """Trainers of `diffusion` (its generator briefly trained on 32 labelled images, into a
+    """The run parts of `diffusion` (its generator briefly trained on 32 labelled images, into a
     model cache of this module's own) and of `tsynd_diffusion` on the same subset, fitted."""
     from tsynd_tf.config import TrainConfig
 
@@ -32,9 +32,9 @@ def runs(tmp_path_factory, medmnist_dir):
     config = TrainConfig(train_count=32, generator_steps=20, ddim_steps=5, num_samples=10,
                          export_dir="", verbose=0, data_dir=str(medmnist_dir),
                          cache_dir=str(root / "cache"))
-    diffusion = build_trainer(config, "diffusion", root)
+    diffusion = build_run(config, "diffusion", root)
     diffusion.method.fit(diffusion.real, diffusion.dataset.train)
-    targeted = build_trainer(config, "tsynd_diffusion", root)
+    targeted = build_run(config, "tsynd_diffusion", root)
     targeted.method.model.fit = None  # training the generator again would fail
     targeted.method.fit(targeted.real, targeted.dataset.train)
     return {"diffusion": diffusion, "tsynd_diffusion": targeted, "root": root}
@@ -133,9 +133,10 @@ def test_a_finished_run_has_pool_quality_with_mi_and_a_guidance_figure(runs, tmp
         runs["tsynd_diffusion"].config, output_dir=str(tmp_path / "run"), ae_epochs=1,
         initial_epochs=1, rounds=1, epochs_per_round=1, synthetic_multiple=1,
         pool_quality=True)
-    from tsynd_tf import training
+    from tsynd_tf import run_parts, training
 
-    results = training.Trainer(config, run_dirs.RunDir(tmp_path / "run")).run()
+    results = training.Trainer(run_parts.assemble(config, run_dirs.RunDir(tmp_path / "run"))
+                               ).run()
     assert results["generator_loaded"] is True  # the fixture's generator, not retrained
     measured_pools = run_dirs.RunDir(tmp_path / "run").read_quality()
     assert measured_pools["rounds"][0]["num_images"] == 32

@@ -84,7 +84,7 @@ def test_selected_epoch_is_the_first_best_val_auc(uninterrupted):
 
 def test_in_process_run_equals_the_command_line_run(uninterrupted, tmp_path, medmnist_dir):
     """A TrainConfig built in Python trains the same run as the flags do."""
-    from tsynd_tf import training
+    from tsynd_tf import run_parts, training
     from tsynd_tf.config import TrainConfig
     from tsynd_tf.runs import RunDir
 
@@ -93,7 +93,7 @@ def test_in_process_run_equals_the_command_line_run(uninterrupted, tmp_path, med
                          epochs_per_round=2, ascent_steps=2, num_samples=4, export_dir="",
                          verbose=0, synthetic_multiple=2, pool_quality=False,
                          data_dir=str(medmnist_dir), output_dir=str(tmp_path))
-    results = training.Trainer(config, RunDir(tmp_path)).run()
+    results = training.Trainer(run_parts.assemble(config, RunDir(tmp_path))).run()
     expected = json.loads((reference / "results.json").read_text())
     assert reproducible(results) == reproducible(expected)
 
@@ -102,13 +102,24 @@ def _pool_written(run_dir: Path) -> bool:
     return (run_dir / "synthetic" / "round_00.npz").exists()
 
 
-def _epoch_3_checkpointed(run_dir: Path) -> bool:
-    # 2 autoencoder + 3 classifier epochs; the manager's pointer file names the latest one.
+def _checkpointed(run_dir: Path, number: int) -> bool:
+    # The manager's pointer file names the latest checkpoint (one per epoch of any stage).
     state = run_dir / "checkpoints" / "checkpoint"
-    return state.exists() and 'model_checkpoint_path: "ckpt-5"' in state.read_text()
+    return state.exists() and f'model_checkpoint_path: "ckpt-{number}"' in state.read_text()
+
+
+def _generating_round_0(run_dir: Path) -> bool:
+    # After 2 autoencoder + 2 classifier epochs, before round 0's pool is on disk: inside
+    # the latent ascent or the pool's measures.
+    return _checkpointed(run_dir, 4) and not _pool_written(run_dir)
+
+
+def _epoch_3_checkpointed(run_dir: Path) -> bool:
+    return _checkpointed(run_dir, 5)  # 2 autoencoder + 3 classifier epochs
 
 
 @pytest.mark.parametrize("killed_when, resumed_at", [
+    (_generating_round_0, "classifier epoch 2"),  # the pool is made again, the same
     (_pool_written, "classifier epoch 2"),  # right after round 0's generation
     (_epoch_3_checkpointed, "classifier epoch 3"),  # inside round 0's training stage
 ])
@@ -128,16 +139,20 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     process.wait()
     assert not (tmp_path / "results.json").exists()
     first_pool = tmp_path / "synthetic" / "round_00.npz"
-    pool_mtime = first_pool.stat().st_mtime_ns
+    pool_mtime = first_pool.stat().st_mtime_ns if first_pool.exists() else None
 
     output = train(tmp_path, medmnist_dir, cache)
     assert f"Resumed from {tmp_path}" in output and resumed_at in output
     assert "older tsynd-tf" not in output
-    assert first_pool.stat().st_mtime_ns == pool_mtime  # the finished pool was not redone
+    if pool_mtime is not None:
+        assert first_pool.stat().st_mtime_ns == pool_mtime  # a finished pool is not redone
     # The same run, bitwise: every metric of the selected classifier and the next pool.
     resumed = json.loads((tmp_path / "results.json").read_text())
     expected = json.loads((reference / "results.json").read_text())
     assert reproducible(resumed) == reproducible(expected)
+    # The autoencoder's cost, which the earlier session paid, is still reported.
+    generator = json.loads((tmp_path / "generator.json").read_text())
+    assert resumed["generator_seconds"] == generator["seconds"] > 0
     for name in ("round_00.npz", "round_01.npz"):
         with np.load(tmp_path / "synthetic" / name) as got, \
                 np.load(reference / "synthetic" / name) as want:
@@ -225,11 +240,21 @@ def test_a_run_recorded_before_a_flag_existed_resumes_while_the_flag_keeps_its_d
         tmp_path):
     from tsynd_tf.config import ConfigError, TrainConfig
 
-    recorded = {"seed": 0}  # written before 'synthesis' existed
-    TrainConfig(synthesis="decode").check_resumable(recorded, tmp_path)  # the default: fine
-    with pytest.raises(ConfigError, match="synthesis"):
-        TrainConfig(synthesis="residual").check_resumable(recorded, tmp_path)
+    recorded = {"seed": 0}  # written before 'rendering' existed
+    TrainConfig(rendering="decode").check_resumable(recorded, tmp_path)  # the default: fine
+    with pytest.raises(ConfigError, match="rendering"):
+        TrainConfig(rendering="residual").check_resumable(recorded, tmp_path)
     TrainConfig(verbose=0, data_dir="/elsewhere").check_resumable(recorded, tmp_path)
+
+
+def test_a_run_recorded_under_the_old_name_synthesis_resumes_as_its_rendering(tmp_path):
+    from tsynd_tf.config import ConfigError, TrainConfig
+
+    recorded = {"seed": 0, "synthesis": "residual"}  # the field's name before 'rendering'
+    assert TrainConfig.from_dict(recorded).rendering == "residual"
+    TrainConfig(rendering="residual").check_resumable(recorded, tmp_path)
+    with pytest.raises(ConfigError, match="rendering"):
+        TrainConfig(rendering="decode").check_resumable(recorded, tmp_path)
 
 
 def test_a_checkpoint_without_dropout_seeds_resumes_with_a_warning(uninterrupted, tmp_path,
@@ -239,28 +264,31 @@ def test_a_checkpoint_without_dropout_seeds_resumes_with_a_warning(uninterrupted
 
     import tensorflow as tf
 
-    from tsynd_tf import training
+    from tsynd_tf import run_parts
     from tsynd_tf.config import TrainConfig
     from tsynd_tf.runs import RunDir
 
     reference, _ = uninterrupted
     flags = json.loads((reference / "config.json").read_text())["flags"]
     config = TrainConfig.from_dict({**flags, "output_dir": str(tmp_path), "verbose": 0})
-    old = training.Trainer(config, RunDir(tmp_path))
-    old.classifier_epoch.assign(3)
-    old.best_val_auc.assign(0.75)
+    old = run_parts.assemble(config, RunDir(tmp_path))
+    progress = old.checkpoint
+    progress.classifier_epoch.assign(3)
+    progress.best_val_auc.assign(0.75)
     kernel = old.classifier.trainable_variables[0]
-    kernel.assign(kernel * 2.0)  # unlike the fresh initialisation of the next Trainer
+    kernel.assign(kernel * 2.0)  # unlike the fresh initialisation of the next run's parts
     old_format = tf.train.Checkpoint(  # what tsynd-tf wrote before it kept dropout seeds
         autoencoder=old.autoencoder, ae_optimizer=old.autoencoder.optimizer,
-        classifier=old.classifier, optimizer=old.classifier.optimizer, ae_epoch=old.ae_epoch,
-        classifier_epoch=old.classifier_epoch, best_val_auc=old.best_val_auc)
+        classifier=old.classifier, optimizer=old.classifier.optimizer,
+        ae_epoch=progress.ae_epoch, classifier_epoch=progress.classifier_epoch,
+        best_val_auc=progress.best_val_auc)
     tf.train.CheckpointManager(old_format, tmp_path / "checkpoints", max_to_keep=1).save()
 
     with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
-        resumed = training.Trainer(config, RunDir(tmp_path))
+        resumed = run_parts.assemble(config, RunDir(tmp_path))
     assert "written by an older tsynd-tf, without dropout seeds" in caplog.text
-    assert int(resumed.classifier_epoch) == 3 and float(resumed.best_val_auc) == 0.75
+    assert (int(resumed.checkpoint.classifier_epoch) == 3 and
+            float(resumed.checkpoint.best_val_auc) == 0.75)
     for want, got in zip(old.classifier.weights, resumed.classifier.weights):
         if "seed_generator_state" not in got.path:
             np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.path)

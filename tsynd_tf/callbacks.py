@@ -1,6 +1,6 @@
 """The per-epoch work of a training stage, as small ordered Keras callbacks.
 
-A classifier epoch ends with, in this order (Trainer.stage_callbacks):
+A classifier epoch ends with, in this order (run_parts.RunParts.callbacks):
   EpochCounter      the checkpointed epoch counter := this epoch
   PreciseBatchNorm  BatchNorm statistics recomputed on the labelled images
   MCValidation      MC-dropout validation metrics, written into `logs` as val_<metric>

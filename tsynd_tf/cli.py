@@ -9,8 +9,8 @@ starts with `cli.run(main)`. Exit codes:
      `<command>: error: <message>` on stderr, names the flag or file and the fix.
 
 absl's flag parsing errors (unknown flag, bad type, missing required flag) exit 2 with the
-same kind of message; `main` raises `UsageError` (or a DataError/RunDirError/ConfigError
-from the library) for everything it checks itself.
+same kind of message; `main` raises `UsageError` (or one of its subclasses in
+tsynd_tf.errors: ConfigError, DataError, RunDirError) for everything it checks itself.
 """
 
 from __future__ import annotations
@@ -20,22 +20,9 @@ from pathlib import Path
 
 from absl import app, flags
 
+from tsynd_tf.errors import UsageError
+
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(ValueError):
-    """Bad input found before any work: the message names the flag or file and the fix."""
-
-
-def _input_errors() -> tuple[type[Exception], ...]:
-    # Imported here: the library's errors come with TensorFlow-importing modules, and a
-    # command's flag errors should not wait for that import.
-    errors = [UsageError, app.UsageError]
-    for module, name in (("tsynd_tf.data.core", "DataError"), ("tsynd_tf.runs", "RunDirError"),
-                         ("tsynd_tf.config", "ConfigError")):
-        if module in sys.modules:
-            errors.append(getattr(sys.modules[module], name))
-    return tuple(errors)
 
 
 def command_name() -> str:
@@ -67,7 +54,7 @@ def run(main, positional_args: bool = False) -> None:
                  "(--helpshort lists them).")
         try:
             return main(argv)
-        except _input_errors() as e:
+        except (UsageError, app.UsageError) as e:
             fail(str(e))
 
     app.run(wrapped, flags_parser=_parse_flags)

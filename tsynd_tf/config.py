@@ -4,6 +4,13 @@
 per field (name, default and help come from here) for `train` and `bench.run`; tests build
 configs directly, and a run directory records one as JSON (runs.RunDir). It is frozen: a
 run's settings do not change while it trains.
+
+This module imports no TensorFlow and no model code (only the data package's names and
+sizes): a command validates its flags and refuses a bad one before TensorFlow is imported.
+The registries (synthesis.METHODS, models.build_classifier, distribute.make_strategy) are
+keyed by the names below; tests/test_config.py checks that they match. What a setting
+means for a synthesis method (e.g. --train_on=synthetic needs an untargeted one) is checked
+by synthesis.check_config, which train and experiment call before any work.
 """
 
 from __future__ import annotations
@@ -15,33 +22,47 @@ from pathlib import Path
 
 from absl import flags
 
-from tsynd_tf import distribute, models, synthesis
-from tsynd_tf.data import FOLDER, KERMANY_GROUP_PATTERN, MEDMNIST_SIZES, available_datasets
+from tsynd_tf.data.core import FOLDER, KERMANY_GROUP_PATTERN
+from tsynd_tf.data.medmnist_data import MEDMNIST_SIZES, available_datasets
+from tsynd_tf.errors import ConfigError
+
+# The names each registry is keyed by (their one home).
+METHODS = ("baseline", "latent_noise", "tsynd_mi", "tsynd_entropy", "augment", "diffusion",
+           "gan", "tsynd_diffusion", "tsynd_diffusion_entropy")
+CLASSIFIERS = ("small_cnn", "resnet18")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+RENDERINGS = ("decode", "residual")  # how a moved latent becomes an image (--rendering)
+TRAIN_ON = ("real+synthetic", "synthetic")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 # Settings that may differ between a run and its resumption: they do not change the result
 # (`strategy` says how to train, not what: a checkpoint restores under any strategy).
 RESUMABLE = frozenset({"output_dir", "data_dir", "export_dir", "verbose", "strategy",
                        "cache_dir"})
-TRAIN_ON = ("real+synthetic", "synthetic")
 
 
 def _upgrade(recorded: dict) -> dict:
     """Settings a run recorded under an older name, in today's terms (same behaviour):
-    --pool_fraction p per round was --synthetic_multiple p * rounds in total."""
+    --pool_fraction p per round was --synthetic_multiple p * rounds in total, and
+    --synthesis (decode/residual) is --rendering."""
     recorded = dict(recorded)
     if "pool_fraction" in recorded:
         rounds = recorded.get("rounds", TrainConfig.rounds)
         recorded.setdefault("synthetic_multiple", recorded.pop("pool_fraction") * rounds)
+    if "synthesis" in recorded:
+        recorded.setdefault("rendering", recorded.pop("synthesis"))
     return recorded
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
-class ConfigError(ValueError):
-    """An impossible setting; the message names the flag and its valid range."""
-
-
-def _field(default, help: str, choices=None):
+def _field(default, help: str, choices: str | None = None):
+    """A setting; `choices` names the module's tuple of its valid values (looked up when
+    used, so that a test can register a name, as a new method's module would)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def choices(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The valid values of a setting that has a fixed set of them."""
+    return globals()[field.metadata["choices"]] if field.metadata["choices"] else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +89,7 @@ class TrainConfig:
                               "> 0.")
     augment: bool = _field(False, "Light random translation of training images.")
     # Method.
-    method: str = _field("tsynd_mi", "What synthetic data to add.", synthesis.METHODS)
+    method: str = _field("tsynd_mi", "What synthetic data to add.", "METHODS")
     rounds: int = _field(5, "Generation rounds after the initial training.")
     synthetic_multiple: float = _field(5.0, "Synthetic images in all, as a multiple of the "
                                        "labelled images (1 = 100% supplementation); each of "
@@ -78,7 +99,7 @@ class TrainConfig:
                                 "features of a reference classifier cached in --cache_dir.")
     train_on: str = _field("real+synthetic", "'synthetic': train on the synthetic images only "
                            "(all made before the classifier trains; untargeted methods) and "
-                           "test on real ones, the Classification Accuracy Score.", TRAIN_ON)
+                           "test on real ones, the Classification Accuracy Score.", "TRAIN_ON")
     synthetic_ratio: float = _field(0.5, "Share of each training batch that is synthetic.")
     epsilon: float = _field(0.3, "Latent ball radius, relative to ||z0||_2.")
     step_size: float = _field(0.25, "Ascent step length, relative to the ball radius.")
@@ -98,11 +119,11 @@ class TrainConfig:
                                          "diffusion samples.")
     guidance_every: int = _field(1, "Uncertainty guidance at every k-th DDIM step (1 = every "
                                  "step; larger is cheaper).")
-    synthesis: str = _field("decode", "Synthetic image from the moved latent z*: 'decode' = "
+    rendering: str = _field("decode", "Synthetic image from the moved latent z*: 'decode' = "
                             "dec(z*) (the paper); 'residual' = x + dec(z*) - dec(z0), the real "
-                            "image plus the change the latent move makes.", synthesis.RENDERINGS)
+                            "image plus the change the latent move makes.", "RENDERINGS")
     # Models.
-    classifier: str = _field("small_cnn", "Classifier architecture.", models.CLASSIFIERS)
+    classifier: str = _field("small_cnn", "Classifier architecture.", "CLASSIFIERS")
     dropout_rate: float = _field(0.3, "MC dropout rate (head; half of it after each stage).")
     num_samples: int = _field(10, "MC dropout samples T per image.")
     latent_channels: int = _field(8, "Channels of the autoencoder's latent maps.")
@@ -131,10 +152,10 @@ class TrainConfig:
                             "~/.cache/tsynd_tf.")
     export_dir: str = _field("saved_models", "Where the SavedModel goes; '' to skip.")
     mixed_precision: str = _field("auto", "'auto': mixed_float16 on a GPU, float32 on a CPU.",
-                                  PRECISIONS)
+                                  "PRECISIONS")
     strategy: str = _field("default", "tf.distribute strategy: 'mirrored' = this machine's "
                            "GPUs, 'multi_worker' = several machines configured by TF_CONFIG "
-                           "(BUILD.md), 'tpu'.", distribute.STRATEGIES)
+                           "(BUILD.md), 'tpu'.", "STRATEGIES")
     jit_compile: bool = _field(False, "XLA-compile train and ascent steps (GPU; on CPU it is "
                                "10-30x slower).")
     verbose: int = _field(-1, "Keras verbosity; -1: progress bars on a terminal, one line per "
@@ -149,7 +170,7 @@ class TrainConfig:
         what it may be and the value given."""
         for field in dataclasses.fields(self):
             name, value = field.name, getattr(self, field.name)
-            allowed = field.metadata["choices"]
+            allowed = choices(field)
             if allowed and value not in allowed:
                 raise ConfigError(f"--{name} must be one of {list(allowed)}; got {value!r}.")
             if isinstance(value, float) and not math.isfinite(value):
@@ -158,22 +179,6 @@ class TrainConfig:
             if not valid(getattr(self, name)):
                 raise ConfigError(f"--{name} must be {what}; got {getattr(self, name)!r}.")
         self._validate_data()
-        self._validate_schedule()
-
-    def _validate_schedule(self) -> None:
-        if self.train_on != "synthetic":
-            return
-        method = synthesis.METHODS[self.method]
-        if not method.makes_images or method.reads_classifier:
-            untargeted = [name for name, m in synthesis.METHODS.items()
-                          if m.makes_images and not m.reads_classifier]
-            why = "makes none" if not method.makes_images else "reads the classifier it trains"
-            raise ConfigError(f"--train_on=synthetic makes every synthetic image before the "
-                              f"classifier trains; --method={self.method} {why}: use one of "
-                              f"{untargeted}.")
-        if self.rounds < 1:
-            raise ConfigError("--train_on=synthetic needs --rounds >= 1 (the pools it trains "
-                              "on).")
 
     def _validate_data(self) -> None:
         if self.dataset != FOLDER and self.dataset not in available_datasets():
@@ -200,6 +205,12 @@ class TrainConfig:
         amount = f"n{self.train_count}" if self.train_count else f"f{self.train_fraction:g}"
         dataset = Path(self.data_dir).name if self.dataset == FOLDER else self.dataset
         return f"{dataset}_{self.size}_{amount}_{self.method}_s{self.seed}"
+
+    def stream_seed(self, index: int) -> int:
+        """The seed of the run's index-th random stream: a round's pool (index = round),
+        a classifier stage's batches (index = its first epoch). Seeds of different runs'
+        streams do not collide below 1000 rounds or epochs."""
+        return self.seed * 1000 + index
 
     # ------------------------------------------------------------------ JSON round-trip
     def to_dict(self) -> dict:
@@ -282,8 +293,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """One absl flag per TrainConfig field, with its default and help."""
     for field in dataclasses.fields(TrainConfig):
         name, default, help_text = field.name, field.default, field.metadata["help"]
-        if field.metadata["choices"]:
-            flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text,
+        if choices(field):
+            flags.DEFINE_enum(name, default, list(choices(field)), help_text,
                               flag_values=flag_values)
         else:
             _DEFINE[type(default)](name, default, help_text, flag_values=flag_values)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from tsynd_tf.config import STRATEGIES
+from tsynd_tf.errors import ConfigError
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -61,11 +62,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"Unknown strategy {name!r}; one of {STRATEGIES}.")
 
 
-def _unavailable(message: str) -> ValueError:
-    """The error for a strategy this machine cannot make: a ConfigError (config imports this
-    module, so it is imported when needed), which the commands report as bad input."""
-    from tsynd_tf.config import ConfigError
-
+def _unavailable(message: str) -> ConfigError:
+    """The error for a strategy this machine cannot make, reported as bad input."""
     return ConfigError(message)
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from tsynd_tf import cli, launchers
+from tsynd_tf import config as train_config
 from tsynd_tf.fileio import append_json_line, read_json_lines, unwritable
 from tsynd_tf.runs import SweepDir
 
@@ -148,9 +149,10 @@ def split_args(flag_name: str) -> list[str]:
 
 
 def check_cells(configs: list[str], methods: list[str], train_args: list[str]) -> None:
-    """Parses every config x method's training flags as train does, into a TrainConfig: a
-    bad flagfile, method or --train_args fails here, not in every cell."""
-    from tsynd_tf import config as train_config  # imports TensorFlow: seconds
+    """Parses every config x method's training flags as train does, into a TrainConfig, and
+    checks what it asks of its method: a bad flagfile, method or --train_args fails here,
+    not in every cell."""
+    from tsynd_tf import synthesis  # imports TensorFlow: after the sweep's own flags
 
     for path in configs:
         for method in methods:
@@ -158,7 +160,7 @@ def check_cells(configs: list[str], methods: list[str], train_args: list[str]) -
             train_config.define_flags(values)
             try:
                 values(["train", f"--flagfile={path}", f"--method={method}", *train_args])
-                train_config.from_flags(values)
+                synthesis.check_config(train_config.from_flags(values))
             except (flags.Error, train_config.ConfigError) as e:
                 raise cli.UsageError(f"the cells of {path} with --method={method} (and "
                                      f"--train_args) would fail: {e}") from None

@@ -7,7 +7,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-CLASSIFIERS = ("small_cnn", "resnet18")
+from tsynd_tf.config import CLASSIFIERS
+
 MIN_LATENT_SIZE = 7  # 28 -> 7, 64 -> 8, 128 -> 8, 224 -> 7
 # Low-data runs take few steps (1% of PneumoniaMNIST: 1 step per epoch): Keras' default
 # momentum 0.99 leaves the moving statistics near their initial values for hundreds of

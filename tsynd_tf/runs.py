@@ -42,6 +42,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tsynd_tf.config import TrainConfig
+from tsynd_tf.errors import ConfigError, RunDirError
 from tsynd_tf.fileio import FILE_MODE, atomic_path, read_json, write_json
 
 # tsynd_tf.data (and with it TensorFlow) is imported where it is used: the report reads run
@@ -51,10 +53,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-
-
-class RunDirError(ValueError):
-    """A run directory that lacks a file, holds a malformed one, or is in use."""
 
 
 class RunDir:
@@ -135,7 +133,7 @@ class RunDir:
         nothing behind)."""
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = self._acquire_lock()
+        fd = _acquire_lock(self)
         try:
             yield self
         finally:
@@ -145,38 +143,6 @@ class RunDir:
             if created:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()  # only when empty
-
-    def _acquire_lock(self) -> int:
-        import fcntl
-
-        while True:
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _lock_holder(fd)
-                os.close(fd)
-                raise RunDirError(
-                    f"{self.path} is in use by {holder or 'another process'} (lock file "
-                    f"{self.lock_file}): one process trains a run directory at a time. Wait "
-                    "for it to end or stop it, or pass another --output_dir.") from None
-            try:  # the previous holder may have removed the file between open and flock
-                if os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        stale = _lock_holder(fd)
-        if stale:
-            log.warning("%s names %s, which ended without releasing it; PID %d on %s takes "
-                        "the run directory over.", self.lock_file, stale, os.getpid(),
-                        socket.gethostname())
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started":
-                  datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        os.fsync(fd)
-        return fd
 
     # ------------------------------------------------------------------ readers/writers
     def read_flags(self) -> dict | None:
@@ -190,6 +156,31 @@ class RunDir:
         if fingerprint is not None:
             config["data_fingerprint"] = fingerprint
         write_json(self.config_file, config)
+
+    def record_start(self, config, dataset: data.Dataset, fingerprint: dict,
+                     labelled: list[int]) -> None:
+        """Starting or resuming a run here (config.TrainConfig `config` on `dataset`):
+        refuses other settings or other data than the recorded ones (ConfigError,
+        DataError, both named), then records the config, the image folder's split and the
+        labelled subset."""
+        from tsynd_tf import data
+
+        recorded = self.read_flags()
+        if recorded is not None:
+            config.check_resumable(recorded, self.path)
+            data.check_same_data(self.read_fingerprint(), fingerprint, self,
+                                 fix="Pass the --data_dir of the data it was trained on to "
+                                     "resume it, or another --output_dir for a new run.")
+        self.write_config(config.to_dict(), dataset.info, fingerprint)
+        if dataset.files:  # an image folder: which file went where, auditable
+            files = dataset.files
+            self.write_split({
+                "group_pattern": config.group_pattern, **files, "shared_train_val_groups":
+                sorted(data.shared_groups(files["train"], files["val"], config.group_pattern))})
+        self.write_subset({
+            "dataset": dataset.info.name, "size": dataset.info.size, "seed": config.seed,
+            "train_fraction": config.train_fraction, "train_count": config.train_count,
+            "num_train": len(dataset.train), "indices": list(labelled)})
 
     def read_fingerprint(self) -> dict | None:
         """The recorded data.fingerprint; None for a run recorded before fingerprints."""
@@ -277,6 +268,40 @@ class RunDir:
             return {key: pool[key] for key in pool.files}
 
 
+def _acquire_lock(run_dir: RunDir) -> int:
+    """An open descriptor of run_dir's lock file, flocked by this process, naming it."""
+    import fcntl
+
+    while True:
+        fd = os.open(run_dir.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunDirError(
+                f"{run_dir.path} is in use by {holder or 'another process'} (lock file "
+                f"{run_dir.lock_file}): one process trains a run directory at a time. Wait "
+                "for it to end or stop it, or pass another --output_dir.") from None
+        try:  # the previous holder may have removed the file between open and flock
+            if os.fstat(fd).st_ino == os.stat(run_dir.lock_file).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    stale = _lock_holder(fd)
+    if stale:
+        log.warning("%s names %s, which ended without releasing it; PID %d on %s takes "
+                    "the run directory over.", run_dir.lock_file, stale, os.getpid(),
+                    socket.gethostname())
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started":
+              datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    os.fsync(fd)
+    return fd
+
+
 def _lock_holder(fd: int) -> str | None:
     """'PID 123 on host h (since ...)' from an open lock file; None when it names none."""
     try:
@@ -308,7 +333,7 @@ class SweepDir:
 class Run:
     """A finished run, loaded: its settings, dataset metadata and selected classifier."""
     directory: RunDir
-    config: object  # config.TrainConfig
+    config: TrainConfig
     info: data.DatasetInfo
     classifier: object  # keras.Model
 
@@ -318,8 +343,7 @@ class Run:
         from tsynd_tf import data
 
         c = self.config
-        dataset = data.load_dataset(c.dataset, c.size, c.data_dir, c.channels, c.val_fraction,
-                                    c.seed, c.group_pattern)
+        dataset = data.load_configured(c)
         if dataset.info.class_names != self.info.class_names:
             raise data.DataError(f"The data found has classes {list(dataset.info.class_names)}"
                                  f" but the run was trained on {list(self.info.class_names)}.")
@@ -346,7 +370,6 @@ def load_run(path: str | Path) -> Run:
     import keras
 
     from tsynd_tf import models  # noqa: F401 - registers MCDropout for load_model
-    from tsynd_tf.config import ConfigError, TrainConfig
 
     run_dir = RunDir(path)
     for file in (run_dir.config_file, run_dir.classifier_file):

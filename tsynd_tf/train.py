@@ -13,12 +13,16 @@ evaluate it again; python -m tsynd_tf.export writes a new version).
 """
 
 import dataclasses
+import logging
 import os
+from pathlib import Path
 
 from absl import flags
 
 from tsynd_tf import cli, config
 from tsynd_tf.fileio import unwritable
+
+log = logging.getLogger(__name__)
 
 config.define_flags()
 FLAGS = flags.FLAGS
@@ -41,21 +45,43 @@ def config_from_flags() -> config.TrainConfig:
     return settings
 
 
+def export(parts, finished_before: bool, export_dir: str, name: str):
+    """SavedModel of the best classifier, its OOD score fitted on the labelled images,
+    MI and OOD thresholds chosen on validation (serving.export_trained). A run that had
+    finished before reuses its export, if it has one (serving.find_export)."""
+    from tsynd_tf import serving
+
+    if finished_before:
+        existing = serving.find_export(Path(export_dir) / name, parts.run_dir.path)
+        if existing is not None:
+            log.info("%s holds this run's export already; not exported again.", existing)
+            return existing
+    return serving.export_trained(
+        parts.classifier, parts.dataset, parts.real, parts.config.num_samples, export_dir,
+        name=name, batch_size=parts.eval_batch_size,
+        extra_metadata={"run_dir": str(parts.run_dir.path.resolve())})
+
+
 def main(argv):
     del argv  # cli.run rejects positional arguments
     settings = config_from_flags()
-    from tsynd_tf import training  # Deferred: builds nothing before the config is valid.
+    from tsynd_tf import synthesis  # Deferred: TensorFlow loads after the flags are valid.
+
+    synthesis.check_config(settings)
+    from tsynd_tf import run_parts, training
     from tsynd_tf.runs import RunDir
 
-    with training.Trainer(settings, RunDir(settings.output_dir), lock=True) as trainer:
+    with run_parts.assemble(settings, RunDir(settings.output_dir), lock=True) as parts:
+        trainer = training.Trainer(parts)
         results = trainer.run()
         # In multi-worker training only the chief exports (the others hold the same weights).
-        export_path = (trainer.export(settings.export_dir, settings.run_name())
-                       if settings.export_dir and trainer.is_chief else None)
+        export_path = (export(parts, trainer.finished_before, settings.export_dir,
+                              settings.run_name())
+                       if settings.export_dir and parts.is_chief else None)
     print(f"\n{settings.run_name()}: test ACC {results['test/acc']:.4f}, AUC "
           f"{results['test/auc']:.4f} (best val AUC {results['val/auc']:.4f}); "
-          f"{results['num_synthetic']} synthetic images.\nRun directory: {trainer.run_dir}\n"
-          f"TensorBoard:   tensorboard --logdir {trainer.run_dir.tensorboard}"
+          f"{results['num_synthetic']} synthetic images.\nRun directory: {parts.run_dir}\n"
+          f"TensorBoard:   tensorboard --logdir {parts.run_dir.tensorboard}"
           + (f"\nSavedModel:    {export_path}" if export_path else ""))
 
 

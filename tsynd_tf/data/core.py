@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tsynd_tf.errors import DataError  # noqa: F401 - data.DataError
+
 # MedMNIST's task strings (medmnist.INFO[...]["task"]). Ordinal regression (RetinaMNIST) is
 # trained as multi-class, as MedMNIST's own baselines do.
 BINARY = "binary-class"
@@ -16,8 +18,10 @@ ORDINAL = "ordinal-regression"
 TASKS = (BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL)
 
 
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file or flag and the fix."""
+FOLDER = "folder"  # --dataset value for an image folder at --data_dir
+# Kermany et al.'s file names: person123_bacteria_4.jpeg, IM-0115-0001.jpeg,
+# NORMAL2-IM-1427-0001.jpeg; the captured prefix names the patient (image_folder.py).
+KERMANY_GROUP_PATTERN = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)[_-]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +71,12 @@ class Split:
 
     def class_counts(self) -> np.ndarray:
         return self.targets.sum(axis=0).astype(np.int64)
+
+    @staticmethod
+    def joined(splits: list) -> "Split":
+        """The images and targets of several splits (or pools) as one Split."""
+        return Split(np.concatenate([s.images for s in splits]),
+                     np.concatenate([s.targets for s in splits]))
 
 
 @dataclasses.dataclass

@@ -26,12 +26,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tsynd_tf.data.core import BINARY, MULTI_CLASS, DataError, Dataset, DatasetInfo, Split
+from tsynd_tf.data.core import (BINARY, KERMANY_GROUP_PATTERN, MULTI_CLASS, DataError, Dataset,
+                                DatasetInfo, Split)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Kermany et al.'s file names: person123_bacteria_4.jpeg, IM-0115-0001.jpeg,
-# NORMAL2-IM-1427-0001.jpeg; the captured prefix names the patient.
-KERMANY_GROUP_PATTERN = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)[_-]"
 
 
 def file_groups(names: list[str], pattern: str) -> list[str]:

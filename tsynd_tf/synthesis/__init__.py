@@ -12,15 +12,16 @@
   tsynd_diffusion_entropy  the same guidance up the predictive entropy
                            (targeted_diffusion.TSynDDiffusionEntropy)
 
-A new method is one module with a `SynthesisMethod` subclass and one entry in METHODS.
+A new method is one module with a `SynthesisMethod` subclass, one entry in METHODS and its
+name in config.METHODS.
 """
 
+from tsynd_tf.errors import ConfigError
 from tsynd_tf.synthesis.augment import Augment
-from tsynd_tf.synthesis.base import Context, NoSynthesis, Pool, SynthesisMethod
+from tsynd_tf.synthesis.base import Context, NoSynthesis, Pool, Services, SynthesisMethod
 from tsynd_tf.synthesis.diffusion import Diffusion
 from tsynd_tf.synthesis.gan import GAN
 from tsynd_tf.synthesis.latent import LatentNoise, TSynD, TSynDEntropy
-from tsynd_tf.synthesis.latent_ascent import RENDERINGS
 from tsynd_tf.synthesis.targeted_diffusion import TSynDDiffusion, TSynDDiffusionEntropy
 
 METHODS = {
@@ -35,10 +36,32 @@ METHODS = {
     "tsynd_diffusion_entropy": TSynDDiffusionEntropy,
 }
 
-__all__ = ["Context", "Pool", "SynthesisMethod", "TSynD", "METHODS", "RENDERINGS", "create"]
+__all__ = ["Context", "Pool", "Services", "SynthesisMethod", "TSynD", "METHODS", "create",
+           "check_config"]
 
 
-def create(name: str, context: Context) -> SynthesisMethod:
+def check_config(config) -> None:
+    """What a TrainConfig asks of its method, checked before any work (ConfigError names
+    the flag): --train_on=synthetic makes every pool before the classifier trains, so it
+    needs an untargeted method that makes images, and rounds to make them in."""
+    if config.train_on != "synthetic":
+        return
+    method = METHODS[config.method]
+    if not method.makes_images or method.reads_classifier:
+        untargeted = [name for name, m in METHODS.items()
+                      if m.makes_images and not m.reads_classifier]
+        why = "makes none" if not method.makes_images else "reads the classifier it trains"
+        raise ConfigError(f"--train_on=synthetic makes every synthetic image before the "
+                          f"classifier trains; --method={config.method} {why}: use one of "
+                          f"{untargeted}.")
+    if config.rounds < 1:
+        raise ConfigError("--train_on=synthetic needs --rounds >= 1 (the pools it trains on).")
+
+
+def create(name: str, context: Context, autoencoder: tuple) -> SynthesisMethod:
+    """The method `name` of a run; `autoencoder` (encoder, decoder, autoencoder) reaches
+    only the methods that use it."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; one of {list(METHODS)}.")
-    return METHODS[name](context)
+    method = METHODS[name]
+    return method(context, autoencoder) if method.uses_autoencoder else method(context)

@@ -27,6 +27,7 @@ import numpy as np
 from tsynd_tf import data
 from tsynd_tf.data.pipeline import to_uint8
 from tsynd_tf.synthesis.base import Pool, SynthesisMethod
+from tsynd_tf.synthesis.generators import draw_sources
 
 ROTATION_DEGREES, TRANSLATION, ZOOM, CONTRAST, BRIGHTNESS = 10.0, 0.08, 0.1, 0.2, 0.1
 WORKING_SIZE = 112
@@ -54,9 +55,8 @@ class Augment(SynthesisMethod):
         self.labelled = labelled
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
-        seed = self.config.seed * 1000 + round_index
-        rng = np.random.default_rng(seed)
-        sources = rng.choice(len(self.labelled), size=n, replace=n > len(self.labelled))
+        seed = self.config.stream_seed(round_index)
+        sources = draw_sources(len(self.labelled), n, seed)
         policy = augmentation_policy(self.labelled.images.shape[1], seed)
         batch = self.context.eval_batch_size
         images = self.labelled.images[sources].astype(np.float32) / 255.0

@@ -1,7 +1,7 @@
 """The synthesis seam: what every way of making synthetic training images implements.
 
-A method is built once per run from a `Context` (the run's settings, models and writers),
-then the Trainer calls, without knowing which method it has:
+A method is built once per run from a `Context` (the run's settings, data facts, writer and
+`Services`), then the Trainer calls, without knowing which method it has:
 
   fit(labelled, unlabelled)        once, before the classifier trains: train the method's
                                    generator (resumable through the run's checkpoint).
@@ -10,23 +10,30 @@ then the Trainer calls, without knowing which method it has:
                                    do); it must not train it.
 
 The Trainer owns persistence (a pool is written once to the run directory and read back on
-resume) and the schedule; a method owns only its generator and how it samples.
+resume) and the schedule; a method owns only its generator and how it samples. What a
+method may ask of the run is `Services`: batched inference, a stage's per-epoch callbacks
+and its checkpointed epoch counter; nothing in synthesis/ calls into training. Only methods
+that say `uses_autoencoder` receive the run's autoencoder. The plumbing generators share
+(EMA, batched sampling, seeds, the cache) is in synthesis/generators.py.
 Adding a method = one module with a `SynthesisMethod` subclass + one entry in
-`synthesis.METHODS` (docs/ARCHITECTURE.md).
+`synthesis.METHODS` and its name in config.METHODS (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import logging
-import time
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from tsynd_tf import cache, data, distribute
+from tsynd_tf import data
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from tsynd_tf.config import TrainConfig
+    from tsynd_tf.runs import RunDir
 
 
 @dataclasses.dataclass
@@ -45,30 +52,35 @@ class Pool:
         return data.Split(self.images, self.targets)
 
 
+@dataclasses.dataclass(frozen=True)
+class Services:
+    """What a method may ask of the run that holds it (built by run_parts.assemble).
+
+    infer(model, images)  model(images in [0, 1], training=False) in batches, on this worker
+    callbacks(stage)      the per-epoch callbacks of a stage a generator trains in
+                          ('autoencoder': counter, summaries, checkpoint), for its `fit`
+    epoch(stage)          the stage's checkpointed epoch counter (a tf.Variable): a method
+                          whose generator came from the cache sets it to the last epoch
+    """
+    infer: Callable[[keras.Model, np.ndarray], np.ndarray]
+    callbacks: Callable[[str], list]
+    epoch: Callable[[str], tf.Variable]
+
+
 @dataclasses.dataclass
 class Context:
-    """What a method may use of the run it belongs to (built by the Trainer).
-
-    `autoencoder` is the run's (encoder, decoder, autoencoder): every run builds it before the
-    classifier, so that the classifier starts from the same initial weights for every method
-    at a seed (a paired comparison), whether or not the method uses it. `ae_epoch` is its
-    checkpointed epoch counter; `stage_callbacks(stage)` are the per-epoch callbacks
-    (summaries, counter, checkpoint) a generator's `fit` passes to Keras.
-    """
-    config: object  # config.TrainConfig
+    """What a method may use of the run it belongs to."""
+    config: TrainConfig
     info: data.DatasetInfo
-    strategy: object  # tf.distribute.Strategy
-    writer: object  # tf.summary writer
+    strategy: tf.distribute.Strategy
+    writer: object  # tf.summary writer: the run's TensorBoard
     verbose: int
     eval_batch_size: int
-    autoencoder: tuple  # (encoder, decoder, autoencoder) keras.Models
-    ae_epoch: object  # tf.Variable
     labelled_indices: np.ndarray  # the labelled images' indices in the training split
     data_fingerprint: str  # data.fingerprint's sha256 of the dataset the run trains on
     val_images: np.ndarray
-    infer: object  # (model, images float [0, 1]) -> np.ndarray, batched, on this worker
-    stage_callbacks: object  # (stage: str) -> list[keras.callbacks.Callback]
-    run_dir: object = None  # runs.RunDir: where a method caches its trained generator
+    services: Services
+    run_dir: RunDir | None = None
 
 
 class SynthesisMethod:
@@ -78,6 +90,8 @@ class SynthesisMethod:
     makes_images = True
     #: True for methods whose pools read the classifier being trained (targeted methods).
     reads_classifier = False
+    #: True for methods built with the run's (encoder, decoder, autoencoder).
+    uses_autoencoder = False
 
     #: The cache record of the generator `fit` trained or loaded (cache.fetch), if any.
     generator_record: dict | None = None
@@ -92,27 +106,6 @@ class SynthesisMethod:
     def pool(self, round_index: int, classifier, n: int) -> Pool:
         raise NotImplementedError
 
-    def fetch_generator(self, entry: cache.Entry, model, train) -> dict:
-        """`cache.fetch(entry, model, train)`, except in multi-worker training: there every
-        worker trains the generator in lockstep (its steps are collective), which the
-        entry's lock would deadlock, so the cache is neither read nor written."""
-        if distribute.task(self.context.strategy)[0] is None:
-            return cache.fetch(entry, model, train)
-        start = time.time()
-        train()
-        return {"kind": entry.kind, "settings": entry.settings, "entry": None,
-                "seconds": round(time.time() - start, 1), "loaded": False}
-
-    def fit_generator(self, model, labelled: data.Split, what: str) -> None:
-        """`model.fit` for --generator_steps seeded batches of --batch_size labelled images
-        (with their labels): how a class-conditional generator trains."""
-        config = self.config
-        batches = data.make_pipeline(labelled.images, labelled.targets, config.batch_size,
-                                     shuffle=True, seed=config.seed, repeat=True)
-        log.info("%s on %d images, %d steps.", what, len(labelled), config.generator_steps)
-        model.fit(batches, epochs=1, steps_per_epoch=config.generator_steps,
-                  verbose=self.context.verbose, shuffle=False)
-
 
 class NoSynthesis(SynthesisMethod):
     """`baseline`: real images only (the compute-matched control: same steps and batches)."""
@@ -121,39 +114,3 @@ class NoSynthesis(SynthesisMethod):
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
         raise RuntimeError("the baseline makes no synthetic images")
-
-
-def require_every_class(context: Context, labelled: data.Split) -> None:
-    """A class-conditional generator learns a class from its labelled images: none of a
-    class is an error before any training."""
-    if context.info.multilabel:
-        raise data.DataError(f"--method={context.config.method} conditions on one class per "
-                             f"image; {context.info.name} is multi-label.")
-    missing = [context.info.class_names[k] for k, n in enumerate(labelled.class_counts())
-               if n == 0]
-    if missing:
-        raise data.DataError(f"the labelled subset has no image of {missing}: --method="
-                             f"{context.config.method} cannot learn them; raise "
-                             "--train_fraction or --train_count.")
-
-
-def pool_labels(labelled: data.Split, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n class indices drawn from the labelled images' labels (seeded) and their one-hot
-    targets: a class-conditional generator's pool has the labelled set's class mix."""
-    labels = np.random.default_rng(seed).choice(labelled.targets.argmax(1), size=n)
-    return labels, np.eye(labelled.targets.shape[1], dtype=np.float32)[labels]
-
-
-def generator_entry(context: Context, name: str, version: int, **settings) -> cache.Entry:
-    """The cache entry of a generator trained on this run's labelled images: the same for
-    every method and run directory of one (dataset, labelled subset, generator settings);
-    `settings` adds a generator's own (the autoencoder's)."""
-    config = context.config
-    labelled = hashlib.sha256(np.asarray(context.labelled_indices, np.int64).tobytes())
-    return cache.entry(config.cache_dir, name, {
-        "version": version, "dataset": context.info.name, "data": context.data_fingerprint[:16],
-        "size": context.info.size,
-        "channels": int(context.val_images.shape[-1]), "seed": config.seed,
-        "labelled": labelled.hexdigest()[:16], "generator_steps": config.generator_steps,
-        "batch_size": config.batch_size,
-        "generator_learning_rate": config.generator_learning_rate, **settings})

@@ -16,8 +16,8 @@ import numpy as np
 
 from tsynd_tf import data
 from tsynd_tf.data.pipeline import to_uint8
-from tsynd_tf.synthesis.base import (Pool, SynthesisMethod, generator_entry, pool_labels,
-                                     require_every_class)
+from tsynd_tf.synthesis import generators
+from tsynd_tf.synthesis.base import Pool, SynthesisMethod
 from tsynd_tf.synthesis.diffusion_model import DiffusionModel, build_unet
 
 GENERATOR = "diffusion"
@@ -38,17 +38,18 @@ class Diffusion(SynthesisMethod):
 
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
         self.labelled = labelled
-        require_every_class(self.context, labelled)
-        self.generator_record = self.fetch_generator(
-            generator_entry(self.context, GENERATOR, DIFFUSION_VERSION),
+        generators.require_every_class(self.context, labelled)
+        self.generator_record = generators.fetch(
+            self.context, generators.generator_entry(self.context, GENERATOR, DIFFUSION_VERSION),
             self.model.ema, lambda: self.train(labelled))
 
     def train(self, labelled: data.Split) -> None:
-        self.fit_generator(self.model, labelled, "Diffusion model")
+        """--generator_steps batches of the labelled images (bench.generators times it)."""
+        generators.fit_on_labelled(self.context, self.model, labelled, "Diffusion model")
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
-        seed = self.config.seed * 1000 + round_index
-        labels, targets = pool_labels(self.labelled, n, seed)
+        seed = self.config.stream_seed(round_index)
+        labels, targets = generators.pool_labels(self.labelled, n, seed)
         images = self.sample(labels, seed, classifier)
         return Pool(to_uint8(np.clip(images, 0.0, 1.0)), targets)
 

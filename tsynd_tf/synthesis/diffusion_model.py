@@ -42,6 +42,7 @@ from keras import layers
 
 from tsynd_tf import uncertainty
 from tsynd_tf.models import num_downsamplings
+from tsynd_tf.synthesis.generators import gradient_scale, sample_in_batches, update_ema
 
 LABEL_DROPOUT, EMA_DECAY, COSINE_OFFSET = 0.1, 0.995, 0.008
 
@@ -147,8 +148,7 @@ class DiffusionModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, self.network.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.network.trainable_variables))
-        for average, weight in zip(self.ema.weights, self.network.weights):
-            average.assign(EMA_DECAY * average + (1.0 - EMA_DECAY) * weight)
+        update_ema(self.ema, self.network, EMA_DECAY)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -156,33 +156,38 @@ class DiffusionModel(keras.Model):
                batch_size: int = 256, guide: UncertaintyGuide | None = None) -> np.ndarray:
         """Images in [0, 1], one per label, by DDIM with classifier-free guidance, steered
         towards the classifier's uncertainty by `guide` if given."""
-        out = []
-        for start in range(0, len(labels), batch_size):
-            chunk = tf.constant(labels[start:start + batch_size], tf.int32)
-            out.append(self._sample(chunk, steps, float(guidance), seed + start, guide).numpy())
-        return np.concatenate(out) if out else np.zeros((0, *self.ema.input_shape[0][1:]))
+        return sample_in_batches(
+            lambda chunk, start: self._sample(chunk, steps, float(guidance), seed + start,
+                                              guide).numpy(),
+            labels, batch_size, self.ema.input_shape[0][1:])
 
     def _sample(self, labels, steps: int, guidance: float, seed: int,
                 guide: UncertaintyGuide | None) -> tf.Tensor:
+        """DDIM (eta = 0) from pure noise: each step predicts the noise in the noisy images,
+        the clean images it implies, and re-noises those to the next, lower level."""
         n = tf.shape(labels)[0]
         shape = tf.concat([[n], self.ema.input_shape[0][1:]], 0)
-        x = tf.random.stateless_normal(shape, seed=[seed, 1])
+        noisy_images = tf.random.stateless_normal(shape, seed=[seed, 1])
         levels = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
         unconditional = tf.fill([n], self.num_classes)
         for index, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
-            eps = self._guided(x, tf.constant(t), labels, unconditional, tf.constant(guidance))
+            predicted_noise = self._guided(noisy_images, tf.constant(t), labels, unconditional,
+                                           tf.constant(guidance))
             signal, signal_next = alpha_bar(t), alpha_bar(tf.constant(t_next))
-            x0 = tf.clip_by_value((x - tf.sqrt(1 - signal) * eps) / tf.sqrt(signal), -1, 1)
+            predicted_images = tf.clip_by_value(
+                (noisy_images - tf.sqrt(1 - signal) * predicted_noise) / tf.sqrt(signal), -1, 1)
             if guide is not None and guide.guides(index):
-                x0 = guide.nudge(x0, tf.sqrt(1 - signal))
-            x = tf.sqrt(signal_next) * x0 + tf.sqrt(1 - signal_next) * eps
-        return (x0 + 1.0) / 2.0
+                predicted_images = guide.nudge(predicted_images, tf.sqrt(1 - signal))
+            noisy_images = (tf.sqrt(signal_next) * predicted_images +
+                            tf.sqrt(1 - signal_next) * predicted_noise)
+        return (predicted_images + 1.0) / 2.0
 
-    def _guided_noise(self, x, t, labels, unconditional, guidance):
-        n = tf.shape(x)[0]
+    def _guided_noise(self, noisy_images, t, labels, unconditional, guidance):
+        """The predicted noise with classifier-free guidance: one call holds both halves."""
+        n = tf.shape(noisy_images)[0]
         levels = tf.fill([2 * n], t)
-        both = self.ema([tf.concat([x, x], 0), levels, tf.concat([labels, unconditional], 0)],
-                        training=False)
+        both = self.ema([tf.concat([noisy_images, noisy_images], 0), levels,
+                         tf.concat([labels, unconditional], 0)], training=False)
         conditional, free = tf.split(tf.cast(both, tf.float32), 2)
         return (1.0 + guidance) * conditional - guidance * free
 
@@ -202,9 +207,7 @@ class UncertaintyGuide:
         self.classifier, self.objective, self.scale, self.every = (classifier, objective,
                                                                    float(scale), int(every))
         self.num_samples, self.multilabel = num_samples, multilabel
-        # The step is normalised, so a constant scale is harmless; it keeps float16
-        # gradients (mixed precision) out of underflow, as in the latent ascent.
-        self.loss_scale = 1024.0 if classifier.compute_dtype == "float16" else 1.0
+        self.loss_scale = gradient_scale(classifier)
         self._nudge = tf.function(self._nudged, reduce_retracing=True)
 
     def guides(self, step_index: int) -> bool:

@@ -32,9 +32,9 @@ import numpy as np
 
 from tsynd_tf import data, quality
 from tsynd_tf.data.pipeline import to_uint8
-from tsynd_tf.synthesis.base import (Pool, SynthesisMethod, generator_entry, pool_labels,
-                                     require_every_class)
-from tsynd_tf.synthesis.gan_model import ConditionalGAN
+from tsynd_tf.synthesis import generators
+from tsynd_tf.synthesis.base import Pool, SynthesisMethod
+from tsynd_tf.synthesis.gan_model import build_gan, gan_optimizers
 
 log = logging.getLogger(__name__)
 GENERATOR = "gan"
@@ -49,20 +49,22 @@ class GAN(SynthesisMethod):
     def __init__(self, context):
         super().__init__(context)
         info = context.info
-        self.model = ConditionalGAN(info.size, context.val_images.shape[-1], info.num_classes,
-                                    seed=self.config.seed)
-        self.model.compile(self.config.generator_learning_rate,
+        self.model = build_gan(info.size, context.val_images.shape[-1], info.num_classes,
+                               seed=self.config.seed)
+        self.model.compile(*gan_optimizers(self.config.generator_learning_rate),
                            jit_compile=self.config.jit_compile)
 
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
         self.labelled = labelled
-        require_every_class(self.context, labelled)
-        record = self.fetch_generator(generator_entry(self.context, GENERATOR, GAN_VERSION),
-                                      self.model.ema, lambda: self.train(labelled))
+        generators.require_every_class(self.context, labelled)
+        record = generators.fetch(
+            self.context, generators.generator_entry(self.context, GENERATOR, GAN_VERSION),
+            self.model.ema, lambda: self.train(labelled))
         self.generator_record = {**record, **self.collapse_check(labelled)}
 
     def train(self, labelled: data.Split) -> None:
-        self.fit_generator(self.model, labelled, "GAN")
+        """--generator_steps batches of the labelled images (bench.generators times it)."""
+        generators.fit_on_labelled(self.context, self.model, labelled, "GAN")
 
     def collapse_check(self, labelled: data.Split) -> dict:
         """{class_diversity: {class: ratio or None}, collapsed_classes: [...]} of the EMA
@@ -89,7 +91,7 @@ class GAN(SynthesisMethod):
         return {"class_diversity": ratios, "collapsed_classes": collapsed}
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
-        seed = self.config.seed * 1000 + round_index
-        labels, targets = pool_labels(self.labelled, n, seed)
+        seed = self.config.stream_seed(round_index)
+        labels, targets = generators.pool_labels(self.labelled, n, seed)
         images = self.model.sample(labels, seed, batch_size=self.context.eval_batch_size)
         return Pool(to_uint8(images), targets)

@@ -48,6 +48,7 @@ import tensorflow as tf
 from keras import layers
 
 from tsynd_tf.models import num_downsamplings
+from tsynd_tf.synthesis.generators import sample_in_batches, update_ema
 
 NOISE_DIM, EMBEDDING_DIM = 64, 32
 G_WIDTH, D_WIDTH, MAX_WIDTH = 16, 32, 256  # full-size widths; x2 per halving, capped
@@ -173,21 +174,36 @@ def _cutout_mask(n, height: int, width: int, seeds: keras.random.SeedGenerator) 
     return tf.cast(~inside, tf.float32)[..., None]
 
 
-class ConditionalGAN(keras.Model):
-    """Trains `generator` against `discriminator`; `ema` (G's architecture) samples."""
+def build_gan(size: int, channels: int, num_classes: int, seed: int = 0) -> ConditionalGAN:
+    """G, D and G's EMA copy for size x size images, every initial weight drawn from one
+    SeedGenerator(seed) in this order; the training noise from SeedGenerator(seed + 1)."""
+    initial = keras.random.SeedGenerator(seed)
+    generator = build_generator(size, channels, num_classes, initial)
+    discriminator = build_discriminator(size, channels, num_classes, initial)
+    ema = build_generator(size, channels, num_classes, initial)
+    for layer in discriminator.layers:  # power iteration's start vector, seeded too
+        if isinstance(layer, layers.SpectralNormalization):
+            layer.vector_u.assign(keras.random.truncated_normal(
+                layer.vector_u.shape, stddev=0.02, seed=initial))
+    return ConditionalGAN(generator, discriminator, ema, seed=seed + 1)
 
-    def __init__(self, size: int, channels: int, num_classes: int, seed: int = 0, **kwargs):
+
+def gan_optimizers(learning_rate: float) -> tuple[keras.optimizers.Optimizer, ...]:
+    """(G's, D's) Adam, DCGAN's betas; D at D_LEARNING_RATE_RATIO x G's rate (TTUR)."""
+    return (keras.optimizers.Adam(learning_rate, *ADAM_BETAS),
+            keras.optimizers.Adam(learning_rate * D_LEARNING_RATE_RATIO, *ADAM_BETAS))
+
+
+class ConditionalGAN(keras.Model):
+    """Trains `generator` against `discriminator`; `ema` (G's architecture) samples and
+    starts as a copy of G. `seed` seeds the training noise (latents and DiffAugment)."""
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, ema: keras.Model,
+                 seed: int = 1, **kwargs):
         super().__init__(**kwargs)
-        initial = keras.random.SeedGenerator(seed)
-        self.generator = build_generator(size, channels, num_classes, initial)
-        self.discriminator = build_discriminator(size, channels, num_classes, initial)
-        self.ema = build_generator(size, channels, num_classes, initial)
-        self.ema.set_weights(self.generator.get_weights())
-        for layer in self.discriminator.layers:  # power iteration's start vector, seeded too
-            if isinstance(layer, layers.SpectralNormalization):
-                layer.vector_u.assign(keras.random.truncated_normal(
-                    layer.vector_u.shape, stddev=0.02, seed=initial))
-        self.training_noise = keras.random.SeedGenerator(seed + 1)
+        self.generator, self.discriminator, self.ema = generator, discriminator, ema
+        self.ema.set_weights(generator.get_weights())
+        self.training_noise = keras.random.SeedGenerator(seed)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self._generate = tf.function(lambda z, y: self.ema([z, y], training=False),
@@ -195,16 +211,17 @@ class ConditionalGAN(keras.Model):
         # All state exists now; `fit` must not try to build this call-less model.
         self.built = True
 
-    def compile(self, learning_rate: float, jit_compile: bool = False):
-        """One Adam per network; under mixed_float16 each scales its loss (scale_loss)."""
-        def adam(rate):
-            optimizer = keras.optimizers.Adam(rate, *ADAM_BETAS)
-            if keras.config.dtype_policy().name == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    def compile(self, g_optimizer: keras.optimizers.Optimizer,
+                d_optimizer: keras.optimizers.Optimizer, jit_compile: bool = False):
+        """One optimizer per network; under mixed_float16 each is wrapped to scale its loss
+        (scale_loss), as Keras' compile does for a model's single optimizer."""
+        def scaled(optimizer):
+            if (keras.config.dtype_policy().name == "mixed_float16" and
+                    not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
+                return keras.optimizers.LossScaleOptimizer(optimizer)
             return optimizer
 
-        self.g_optimizer = adam(learning_rate)
-        self.d_optimizer = adam(learning_rate * D_LEARNING_RATE_RATIO)
+        self.g_optimizer, self.d_optimizer = scaled(g_optimizer), scaled(d_optimizer)
         super().compile(jit_compile=jit_compile)
 
     @property
@@ -231,8 +248,7 @@ class ConditionalGAN(keras.Model):
             g_loss = tf.reduce_mean(tf.nn.softplus(-self._scores(fake, labels)))
             scaled = self.g_optimizer.scale_loss(g_loss)  # on the tape (mixed_float16)
         self._apply(self.g_optimizer, g_tape, scaled, self.generator)
-        for average, weight in zip(self.ema.weights, self.generator.weights):
-            average.assign(EMA_DECAY * average + (1.0 - EMA_DECAY) * weight)
+        update_ema(self.ema, self.generator, EMA_DECAY)
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
         return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
@@ -256,10 +272,9 @@ class ConditionalGAN(keras.Model):
     def sample(self, labels: np.ndarray, seed: int, batch_size: int = 256) -> np.ndarray:
         """Images in [0, 1], one per label, from the EMA generator; noise seeded by (seed,
         position of the batch)."""
-        out = []
-        for start in range(0, len(labels), batch_size):
-            chunk = tf.constant(labels[start:start + batch_size], tf.int32)
+        def batch(chunk, start):
             noise = tf.random.stateless_normal((len(chunk), NOISE_DIM),
                                                seed=tf.constant([seed, start], tf.int64))
-            out.append((self._generate(noise, chunk).numpy() + 1.0) / 2.0)
-        return np.concatenate(out) if out else np.zeros((0, *self.ema.output_shape[1:]))
+            return (self._generate(noise, chunk).numpy() + 1.0) / 2.0
+
+        return sample_in_batches(batch, labels, batch_size, self.ema.output_shape[1:])

@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from tsynd_tf import data, uncertainty
 from tsynd_tf.data.pipeline import for_fit, to_uint8
-from tsynd_tf.synthesis.base import Pool, SynthesisMethod, generator_entry
+from tsynd_tf.synthesis import generators
+from tsynd_tf.synthesis.base import Pool, SynthesisMethod
 from tsynd_tf.synthesis.latent_ascent import LatentAscent, latent_noise, render
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,12 @@ AUTOENCODER_VERSION = 1
 class LatentMethod(SynthesisMethod):
     """The shared schedule of the latent methods; subclasses say how z0 moves."""
 
-    def __init__(self, context):
+    uses_autoencoder = True
+
+    def __init__(self, context, autoencoder: tuple):
         super().__init__(context)
-        self.encoder, self.decoder, self.autoencoder = context.autoencoder
+        self.encoder, self.decoder, self.autoencoder = autoencoder
+        self.ae_epoch = context.services.epoch("autoencoder")
         self.labelled = None
 
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
@@ -44,19 +48,21 @@ class LatentMethod(SynthesisMethod):
         latent methods and seeds' runs that would train the same one."""
         config, context = self.config, self.context
         self.labelled = labelled
-        if int(context.ae_epoch) >= config.ae_epochs:
+        if int(self.ae_epoch) >= config.ae_epochs:
             return
         images = unlabelled.images if config.ae_use_unlabelled else labelled.images
-        self.generator_record = self.fetch_generator(
-            self.autoencoder_entry(), self.autoencoder, lambda: self.train_autoencoder(images))
-        context.ae_epoch.assign(config.ae_epochs)
+        self.generator_record = generators.fetch(
+            context, self.autoencoder_entry(), self.autoencoder,
+            lambda: self.train_autoencoder(images))
+        self.ae_epoch.assign(config.ae_epochs)
 
     def autoencoder_entry(self):
         config, context = self.config, self.context
         settings = {k: getattr(config, k) for k in (
             "latent_channels", "ae_width", "ae_learning_rate", "ae_epochs", "ae_use_unlabelled",
             "steps_per_epoch", "mixed_precision", "jit_compile", "strategy")}
-        return generator_entry(context, "autoencoder", AUTOENCODER_VERSION, **settings)
+        return generators.generator_entry(context, "autoencoder", AUTOENCODER_VERSION,
+                                          **settings)
 
     def train_autoencoder(self, images: np.ndarray) -> None:
         """--ae_epochs epochs on `images`, resumed from the run's checkpoint (ae_epoch)."""
@@ -68,31 +74,32 @@ class LatentMethod(SynthesisMethod):
         # fit() keeps one iterator across epochs: a resumed stage skips the batches it saw.
         train = for_fit(data.make_pipeline(images, None, config.batch_size, shuffle=True,
                                            seed=config.seed, repeat=True).map(to_pair)
-                        .skip(int(context.ae_epoch) * steps))
+                        .skip(int(self.ae_epoch) * steps))
         # Iterated afresh every epoch, where autotuning stalls (uncertainty.without_autotuning).
         val = for_fit(uncertainty.without_autotuning(data.make_pipeline(
             context.val_images, None, context.eval_batch_size).map(to_pair)))
         log.info("Autoencoder on %d images, epochs %d..%d.", len(images),
-                 int(context.ae_epoch), config.ae_epochs)
+                 int(self.ae_epoch), config.ae_epochs)
         self.autoencoder.fit(train, validation_data=val, epochs=config.ae_epochs,
-                             steps_per_epoch=steps, initial_epoch=int(context.ae_epoch),
+                             steps_per_epoch=steps, initial_epoch=int(self.ae_epoch),
                              verbose=context.verbose,
-                             callbacks=context.stage_callbacks("autoencoder"), shuffle=False)
+                             callbacks=context.services.callbacks("autoencoder"),
+                             shuffle=False)
 
     def move(self, round_index: int, anchors: np.ndarray, classifier) -> np.ndarray:
         """The moved latents z*, one per anchor z0."""
         raise NotImplementedError
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
-        infer, start = self.context.infer, time.time()
-        rng = np.random.default_rng(self.config.seed * 1000 + round_index)
-        sources = rng.choice(len(self.labelled), size=n, replace=n > len(self.labelled))
+        infer, start = self.context.services.infer, time.time()
+        sources = generators.draw_sources(len(self.labelled), n,
+                                          self.config.stream_seed(round_index))
         source_images = self.labelled.images[sources].astype(np.float32) / 255.0
         anchors = infer(self.encoder, source_images)
         latents = self.move(round_index, anchors, classifier)
         reconstructions = infer(self.decoder, anchors)
         synthetic = render(source_images, reconstructions, infer(self.decoder, latents),
-                           self.config.synthesis)
+                           self.config.rendering)
         pool = Pool(to_uint8(synthetic), self.labelled.targets[sources],
                     {"source_indices": self.context.labelled_indices[sources]})
         self.log_pool(round_index, classifier, (source_images, reconstructions, synthetic),
@@ -105,32 +112,21 @@ class LatentMethod(SynthesisMethod):
         distance moved, and a grid of examples."""
         context = self.context
         sources, reconstructions, synthetic = images
-        measures = {}
-        for name, batch in zip(("real", "reconstruction", "synthetic"), images):
-            batches = data.make_pipeline(to_uint8(batch), targets, context.eval_batch_size)
-            measures[name] = uncertainty.mc_predict(classifier, batches, self.config.num_samples,
-                                                    context.info.multilabel)
+        measures = {name: generators.pool_uncertainty(context, classifier, to_uint8(batch),
+                                                      targets)
+                    for name, batch in zip(("real", "reconstruction", "synthetic"), images)}
         distance = (np.linalg.norm((latents - anchors).reshape(len(anchors), -1), axis=1) /
                     np.linalg.norm(anchors.reshape(len(anchors), -1), axis=1))
+        generators.log_pool_uncertainty(context.writer, round_index, measures, seconds,
+                                        f"; latent distance {distance.mean():.3f} of ||z0||")
         with context.writer.as_default(step=round_index):
-            for name, out in measures.items():
-                tf.summary.scalar(f"generation/mi_{name}", out["mutual_information"].mean())
-                tf.summary.scalar(f"generation/entropy_{name}",
-                                  out["predictive_entropy"].mean())
-                tf.summary.histogram(f"generation/mi_{name}_histogram", out["mutual_information"])
             tf.summary.scalar("generation/relative_latent_distance", distance.mean())
-            tf.summary.scalar("generation/seconds", seconds)
             shown = slice(0, 8)
             rows = [sources[shown], reconstructions[shown], synthetic[shown],
                     np.abs(synthetic[shown] - reconstructions[shown])]
             grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
             tf.summary.image("generation/original_reconstruction_synthetic_difference",
                              grid[None], max_outputs=1)
-        log.info("Round %d pool: %d images in %.1fs; MI real %.4f, reconstruction %.4f, "
-                 "synthetic %.4f; latent distance %.3f of ||z0||.", round_index,
-                 len(synthetic), seconds, measures["real"]["mutual_information"].mean(),
-                 measures["reconstruction"]["mutual_information"].mean(),
-                 measures["synthetic"]["mutual_information"].mean(), distance.mean())
 
 
 class LatentNoise(LatentMethod):
@@ -138,7 +134,7 @@ class LatentNoise(LatentMethod):
 
     def move(self, round_index, anchors, classifier):
         return latent_noise(anchors, self.config.epsilon,
-                            self.config.seed * 1000 + round_index).numpy()
+                            self.config.stream_seed(round_index)).numpy()
 
 
 class TSynD(LatentMethod):
@@ -148,8 +144,8 @@ class TSynD(LatentMethod):
     objective = "mi"
     reads_classifier = True
 
-    def __init__(self, context):
-        super().__init__(context)
+    def __init__(self, context, autoencoder: tuple):
+        super().__init__(context, autoencoder)
         self.ascent = None
 
     def ascent_for(self, classifier, n: int) -> LatentAscent:

@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from tsynd_tf import uncertainty
+from tsynd_tf.config import RENDERINGS
+from tsynd_tf.synthesis.generators import gradient_scale
 
-RENDERINGS = ("decode", "residual")  # how a moved latent becomes an image (--synthesis)
 _NORM_EPS = 1e-12
 
 
@@ -124,9 +125,7 @@ class LatentAscent(keras.Model):
         with tf.GradientTape() as tape:
             tape.watch(latents)
             objective = self.objective_of(latents)
-            # The step is normalised, so any constant scale is harmless; it keeps float16
-            # gradients (mixed precision) out of underflow.
-            scaled = tf.reduce_sum(objective) * self._gradient_scale()
+            scaled = tf.reduce_sum(objective) * gradient_scale(self.decoder)
         gradient = tf.cast(tape.gradient(scaled, latents), tf.float32)
         direction = gradient / _per_example(_flat_norm(gradient) + _NORM_EPS)
         stepped = latents + direction * _per_example(self.step_size * radii)
@@ -150,6 +149,3 @@ class LatentAscent(keras.Model):
             projected = context.all_gather(projected, axis=0)
         # A sparse in-place update: touches the batch's rows only, not the whole pool.
         self.latents.value.scatter_update(tf.IndexedSlices(projected, indices))
-
-    def _gradient_scale(self) -> float:
-        return 1024.0 if self.decoder.compute_dtype == "float16" else 1.0

@@ -18,19 +18,17 @@ classifier (the stored uint8 image, --num_samples passes) and logs them to Tenso
 
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from tsynd_tf import data, uncertainty
+from tsynd_tf import uncertainty
 from tsynd_tf.evaluation import seeded_dropout
+from tsynd_tf.synthesis import generators
 from tsynd_tf.synthesis.base import Pool
 from tsynd_tf.synthesis.diffusion import Diffusion
 from tsynd_tf.synthesis.diffusion_model import UncertaintyGuide
-
-log = logging.getLogger(__name__)
 
 
 class TSynDDiffusion(Diffusion):
@@ -65,13 +63,12 @@ class TSynDDiffusion(Diffusion):
 
     def pool(self, round_index: int, classifier, n: int) -> Pool:
         config, context, start = self.config, self.context, time.time()
-        with seeded_dropout(classifier, config.seed * 1000 + round_index):
+        with seeded_dropout(classifier, config.stream_seed(round_index)):
             pool = super().pool(round_index, classifier, n)
-            measures = {name: uncertainty.mc_predict(
-                classifier, data.make_pipeline(split.images, split.targets,
-                                               context.eval_batch_size),
-                config.num_samples, context.info.multilabel)
-                for name, split in (("synthetic", pool.as_split()), ("real", self.labelled))}
+            measures = {name: generators.pool_uncertainty(context, classifier, split.images,
+                                                          split.targets)
+                        for name, split in (("synthetic", pool.as_split()),
+                                            ("real", self.labelled))}
         pool.diagnostics.update(
             mutual_information=measures["synthetic"]["mutual_information"],
             predictive_entropy=measures["synthetic"]["predictive_entropy"])
@@ -81,20 +78,12 @@ class TSynDDiffusion(Diffusion):
     def log_pool(self, round_index: int, pool: Pool, measures: dict, seconds: float) -> None:
         """TensorBoard: MC uncertainty of the synthetic and the labelled real images, the
         pool's time, and its first images."""
+        generators.log_pool_uncertainty(
+            self.context.writer, round_index, measures, seconds,
+            f" ({self.objective} guidance {self.config.uncertainty_guidance:g})")
         with self.context.writer.as_default(step=round_index):
-            for name, out in measures.items():
-                tf.summary.scalar(f"generation/mi_{name}", out["mutual_information"].mean())
-                tf.summary.scalar(f"generation/entropy_{name}",
-                                  out["predictive_entropy"].mean())
-                tf.summary.histogram(f"generation/mi_{name}_histogram", out["mutual_information"])
-            tf.summary.scalar("generation/seconds", seconds)
             grid = np.concatenate(list(pool.images[:8]), axis=1)
             tf.summary.image("generation/synthetic", grid[None], max_outputs=1)
-        log.info("Round %d pool: %d images in %.1fs; MI real %.4f, synthetic %.4f "
-                 "(%s guidance %g).", round_index, len(pool), seconds,
-                 measures["real"]["mutual_information"].mean(),
-                 measures["synthetic"]["mutual_information"].mean(), self.objective,
-                 self.config.uncertainty_guidance)
 
 
 class TSynDDiffusionEntropy(TSynDDiffusion):
