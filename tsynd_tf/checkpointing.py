@@ -10,6 +10,7 @@ masks an uninterrupted one would have drawn.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -19,6 +20,29 @@ from tsynd_tf.errors import RunDirError
 from tsynd_tf.runs import RunDir
 
 log = logging.getLogger(__name__)
+
+
+def saved_checkpoints(run_dir: RunDir) -> list[str]:
+    """The checkpoints the manager's state file lists in checkpoints/, newest first;
+    where that file is missing or unreadable, the ckpt-N.index files found there."""
+    folder = run_dir.checkpoints
+    if not folder.is_dir():
+        return []
+    try:
+        state = tf.train.get_checkpoint_state(str(folder))
+    except ValueError:  # a state file naming no checkpoint
+        state = None
+    if state is not None and state.model_checkpoint_path:
+        return (list(state.all_model_checkpoint_paths) or
+                [state.model_checkpoint_path])[::-1]
+    found = sorted(folder.glob("ckpt-*.index"), key=lambda p: int(p.stem.split("-")[-1]))
+    return [str(p.with_suffix("")) for p in reversed(found)]
+
+
+def checkpoint_files(path: str) -> list[str]:
+    """The files of the checkpoint with prefix `path` (its .index and .data-* shards)."""
+    prefix = Path(path)
+    return [str(p) for p in prefix.parent.glob(prefix.name + ".*")] or [str(prefix)]
 
 
 class RunCheckpoint:
@@ -51,13 +75,13 @@ class RunCheckpoint:
         is named in a warning and the one before it (the manager keeps 2) restored: the run
         then trains the lost epoch again, to the same result."""
         damaged = []
-        for path in chief_dir.saved_checkpoints():
+        for path in saved_checkpoints(chief_dir):
             try:
                 self._restore_from(path)
             except (tf.errors.OpError, IndexError, ValueError) as e:
                 damaged.append(path)
                 log.warning("Checkpoint %s is damaged (%s: %s); trying the one before it.",
-                            ", ".join(sorted(RunDir.checkpoint_files(path))), type(e).__name__,
+                            ", ".join(sorted(checkpoint_files(path))), type(e).__name__,
                             str(e).splitlines()[0] if str(e) else "")
                 continue
             log.info("Resumed from %s (autoencoder epoch %d, classifier epoch %d).",
@@ -66,7 +90,7 @@ class RunCheckpoint:
         if damaged:
             raise RunDirError(
                 f"No checkpoint in {chief_dir.checkpoints} can be read: "
-                f"{', '.join(f for p in damaged for f in sorted(RunDir.checkpoint_files(p)))} "
+                f"{', '.join(f for p in damaged for f in sorted(checkpoint_files(p)))} "
                 "are damaged. The run cannot resume: move the run directory away and train "
                 "again, or pass another --output_dir.")
 

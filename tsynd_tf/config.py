@@ -28,7 +28,7 @@ from tsynd_tf.errors import ConfigError
 
 # The names each registry is keyed by (their one home).
 METHODS = ("baseline", "latent_noise", "tsynd_mi", "tsynd_entropy", "augment", "diffusion",
-           "gan", "tsynd_diffusion", "tsynd_diffusion_entropy")
+           "gan", "tsynd_diffusion", "tsynd_diffusion_entropy", "external")
 CLASSIFIERS = ("small_cnn", "resnet18")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RENDERINGS = ("decode", "residual")  # how a moved latent becomes an image (--rendering)
@@ -37,8 +37,9 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 # Settings that may differ between a run and its resumption: they do not change the result
 # (`strategy` says how to train, not what: a checkpoint restores under any strategy).
+# --external_pool is known by its content (config.json's inputs), not by its path.
 RESUMABLE = frozenset({"output_dir", "data_dir", "export_dir", "verbose", "strategy",
-                       "cache_dir"})
+                       "cache_dir", "external_pool"})
 
 
 def _upgrade(recorded: dict) -> dict:
@@ -119,6 +120,11 @@ class TrainConfig:
                                          "diffusion samples.")
     guidance_every: int = _field(1, "Uncertainty guidance at every k-th DDIM step (1 = every "
                                  "step; larger is cheaper).")
+    external_pool: str = _field("", "--method=external: the user's own synthetic images, an "
+                                ".npz (images uint8 NxHxW[xC], labels N) or a folder of "
+                                "<class>/*.png, '{seed}' replaced by --seed (e.g. "
+                                "pools/ddpm_s{seed}.npz). Other methods ignore it, so a "
+                                "sweep can pass it to all.")
     rendering: str = _field("decode", "Synthetic image from the moved latent z*: 'decode' = "
                             "dec(z*) (the paper); 'residual' = x + dec(z*) - dec(z0), the real "
                             "image plus the change the latent move makes.", "RENDERINGS")
@@ -179,6 +185,9 @@ class TrainConfig:
             if not valid(getattr(self, name)):
                 raise ConfigError(f"--{name} must be {what}; got {getattr(self, name)!r}.")
         self._validate_data()
+        if self.method == "external" and not self.external_pool:
+            raise ConfigError("--method=external needs --external_pool=<.npz or folder of "
+                              "<class>/*.png with your synthetic images>.")
 
     def _validate_data(self) -> None:
         if self.dataset != FOLDER and self.dataset not in available_datasets():

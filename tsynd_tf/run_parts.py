@@ -228,6 +228,6 @@ def _context(parts: RunParts) -> synthesis.Context:
         config=parts.config, info=parts.dataset.info, strategy=parts.strategy,
         writer=parts.writer, verbose=parts.verbose, eval_batch_size=parts.eval_batch_size,
         labelled_indices=parts.labelled, data_fingerprint=parts.fingerprint["sha256"],
-        val_images=parts.dataset.val.images, run_dir=parts.run_dir,
+        val_images=parts.dataset.val.images, pool_size=parts.pool_size, run_dir=parts.run_dir,
         services=synthesis.Services(infer=parts.infer, callbacks=parts.callbacks,
                                     epoch=parts.checkpoint.epoch))

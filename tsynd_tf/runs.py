@@ -91,30 +91,6 @@ class RunDir:
     def pool_files(self) -> list[Path]:
         return sorted(self.synthetic.glob("round_*.npz"))
 
-    def saved_checkpoints(self) -> list[str]:
-        """The checkpoints the manager's state file lists in checkpoints/, newest first;
-        where that file is missing or unreadable, the ckpt-N.index files found there."""
-        import tensorflow as tf
-
-        folder = self.checkpoints
-        if not folder.is_dir():
-            return []
-        try:
-            state = tf.train.get_checkpoint_state(str(folder))
-        except ValueError:  # a state file naming no checkpoint
-            state = None
-        if state is not None and state.model_checkpoint_path:
-            return (list(state.all_model_checkpoint_paths) or
-                    [state.model_checkpoint_path])[::-1]
-        found = sorted(folder.glob("ckpt-*.index"), key=lambda p: int(p.stem.split("-")[-1]))
-        return [str(p.with_suffix("")) for p in reversed(found)]
-
-    @staticmethod
-    def checkpoint_files(path: str) -> list[str]:
-        """The files of the checkpoint with prefix `path` (its .index and .data-* shards)."""
-        prefix = Path(path)
-        return [str(p) for p in prefix.parent.glob(prefix.name + ".*")] or [str(prefix)]
-
     def eval_file(self, split: str) -> Path:
         return self.path / f"eval_{split}.json"
 
@@ -152,9 +128,28 @@ class RunDir:
 
     def write_config(self, flags: dict, info: data.DatasetInfo,
                      fingerprint: dict | None = None) -> None:
+        """config.json anew; the inputs recorded before (record_input) are kept."""
         config = {"flags": flags, "dataset": dataclasses.asdict(info)}
         if fingerprint is not None:
             config["data_fingerprint"] = fingerprint
+        inputs = (read_json(self.config_file) or {}).get("inputs")
+        if inputs:
+            config["inputs"] = inputs
+        write_json(self.config_file, config)
+
+    def record_input(self, name: str, record: dict) -> None:
+        """A file a run trains on besides its dataset (--external_pool), known by its content
+        ({path, sha256}): recorded in config.json when the run starts; resuming the run
+        with other content is refused (RunDirError names both)."""
+        config = read_json(self.config_file) or {}
+        recorded = config.get("inputs", {}).get(name)
+        if recorded is not None and recorded["sha256"] != record["sha256"]:
+            raise RunDirError(
+                f"{self.path} was trained on --{name}={recorded['path']} (SHA-256 "
+                f"{recorded['sha256'][:16]}), but {record['path']} holds other images "
+                f"(SHA-256 {record['sha256'][:16]}): pass the file it was trained on to resume "
+                "it, or another --output_dir for a new run.")
+        config.setdefault("inputs", {})[name] = record
         write_json(self.config_file, config)
 
     def record_start(self, config, dataset: data.Dataset, fingerprint: dict,

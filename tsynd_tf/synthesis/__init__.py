@@ -11,6 +11,7 @@
                            (targeted_diffusion.TSynDDiffusion)
   tsynd_diffusion_entropy  the same guidance up the predictive entropy
                            (targeted_diffusion.TSynDDiffusionEntropy)
+  external       the user's own synthetic images from --external_pool (external.External)
 
 A new method is one module with a `SynthesisMethod` subclass, one entry in METHODS and its
 name in config.METHODS.
@@ -19,7 +20,9 @@ name in config.METHODS.
 from tsynd_tf.errors import ConfigError
 from tsynd_tf.synthesis.augment import Augment
 from tsynd_tf.synthesis.base import Context, NoSynthesis, Pool, Services, SynthesisMethod
+from tsynd_tf.synthesis import external
 from tsynd_tf.synthesis.diffusion import Diffusion
+from tsynd_tf.synthesis.external import External
 from tsynd_tf.synthesis.gan import GAN
 from tsynd_tf.synthesis.latent import LatentNoise, TSynD, TSynDEntropy
 from tsynd_tf.synthesis.targeted_diffusion import TSynDDiffusion, TSynDDiffusionEntropy
@@ -34,6 +37,7 @@ METHODS = {
     "gan": GAN,
     "tsynd_diffusion": TSynDDiffusion,
     "tsynd_diffusion_entropy": TSynDDiffusionEntropy,
+    "external": External,
 }
 
 __all__ = ["Context", "Pool", "Services", "SynthesisMethod", "TSynD", "METHODS", "create",
@@ -42,8 +46,11 @@ __all__ = ["Context", "Pool", "Services", "SynthesisMethod", "TSynD", "METHODS",
 
 def check_config(config) -> None:
     """What a TrainConfig asks of its method, checked before any work (ConfigError names
-    the flag): --train_on=synthetic makes every pool before the classifier trains, so it
-    needs an untargeted method that makes images, and rounds to make them in."""
+    the flag): --external_pool must exist (its content is checked against the dataset when
+    the run is built); --train_on=synthetic makes every pool before the classifier trains,
+    so it needs an untargeted method that makes images, and rounds to make them in."""
+    if config.method == "external":
+        external.resolve(config.external_pool, config.seed)
     if config.train_on != "synthetic":
         return
     method = METHODS[config.method]

@@ -79,6 +79,7 @@ class Context:
     labelled_indices: np.ndarray  # the labelled images' indices in the training split
     data_fingerprint: str  # data.fingerprint's sha256 of the dataset the run trains on
     val_images: np.ndarray
+    pool_size: int  # synthetic images per round
     services: Services
     run_dir: RunDir | None = None
 
