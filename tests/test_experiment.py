@@ -25,7 +25,7 @@ TINY_CONFIG = "\n".join([*TINY_TRAIN_FLAGS, "--rendering=residual"]) + "\n"
 EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 --pgd_steps=1 "
              "--max_examples=64")
 METHODS = ("baseline", "tsynd_mi")
-FIGURES = ("accuracy_vs_fraction.png", "robustness.png", "mi_histograms.png",
+FIGURES = ("accuracy_vs_fraction.png", "robustness.png", "pools_tiny.png", "mi_histograms.png",
            "synthetic_tiny.png", "grad_cam_tiny.png")
 
 

@@ -10,6 +10,7 @@ imported):
   robust_tables  per config: robustness areas per attack family, corruption errors
   figures        figures of the records: ACC/AUC vs labelled fraction, robustness
   model_figures  figures of one seed's models: MI histograms, synthetic grid, Grad-CAM
+  pools_figure   per config, the round-0 pool of every generating method as class grids
   page           the page in order, written with its figures (and to TensorBoard)
   __main__       the command and its flags
 """

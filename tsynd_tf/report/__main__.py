@@ -14,8 +14,8 @@ verdict line; the paper's claims on the best-on-validation classifier and, where
 recorded it, the classifier at the end of training. Figures: test
 ACC/AUC vs labelled fraction, robust accuracy vs noise/attack strength, and, from one seed's
 models (--model_figures), MI histograms of real vs synthetic images, synthetic examples and
-Grad-CAM maps. The models' data is found like the sweep's: the runs' --data_dir, else
-$TSYND_DATA_DIR.
+Grad-CAM maps, and per config the round-0 pool of every generating method (pools_figure).
+The models' data is found like the sweep's: the runs' --data_dir, else $TSYND_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ flags.DEFINE_string("figures_dir", None, "Folder for the PNG figures; default fi
                     "--output.")
 flags.DEFINE_string("title", "TSynD sweep results", "Title of the page.")
 flags.DEFINE_bool("model_figures", True, "Also the figures that load one seed's classifiers, "
-                  "pools and data: MI histograms, synthetic examples, Grad-CAM.")
-flags.DEFINE_integer("num_images", 8, "Images in the synthetic-example and Grad-CAM grids.")
+                  "pools and data: each config's pools, MI histograms, synthetic examples, "
+                  "Grad-CAM.")
+flags.DEFINE_integer("num_images", 8, "Images in the synthetic-example and Grad-CAM grids, "
+                     "and per class in the pools figures.")
 flags.mark_flag_as_required("sweep_dir")
 
 FLAGS = flags.FLAGS

@@ -39,6 +39,9 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
 
         from tsynd_tf.report.guidance_figures import guidance_section
 
+        from tsynd_tf.report.pools_figure import pools_section
+
+        lines += pools_section(configs, figures_dir, output.parent, count)
         lines += model_figures_section(configs, figures_dir, output.parent, count)
         lines += guidance_section(configs, figures_dir, output.parent, count)
     lines += tables.statistics_notes(configs)
