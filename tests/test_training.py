@@ -60,10 +60,12 @@ def test_tensorboard_events_read_back(uninterrupted):
     for tag in ("train/loss", "val/auc", "val/mi", "train/ae_loss", "val/ae_psnr",
                 "generation/mi_real", "generation/mi_reconstruction", "generation/mi_synthetic",
                 "generation/relative_latent_distance", "test/acc", "test/auc",
-                "generation/original_reconstruction_synthetic_difference"):
+                "generation/original_reconstruction_synthetic_difference",
+                "pools/round_grid"):
         assert tag in tags, (tag, sorted(tags))
     assert len(events.Tensors("val/auc")) == 6  # one per classifier epoch
     assert len(events.Tensors("generation/mi_synthetic")) == 2  # one per round
+    assert len(events.Tensors("pools/round_grid")) == 2
 
 
 def test_selected_epoch_is_the_first_best_val_auc(uninterrupted):

@@ -30,8 +30,9 @@ import logging
 import time
 
 import numpy as np
+import tensorflow as tf
 
-from tsynd_tf import data, finishing, uncertainty
+from tsynd_tf import data, finishing, pool_grid, uncertainty
 from tsynd_tf.data.pipeline import classifier_batches, for_fit
 from tsynd_tf.run_parts import RunParts
 
@@ -101,6 +102,11 @@ class Trainer:
         parts.run_dir.write_pool(
             round_index, images=pool.images, targets=pool.targets, **pool.diagnostics,
             dropout_seed_states=np.asarray(parts.checkpoint.dropout_state_values()))
+        class_names = parts.dataset.info.class_names
+        with parts.writer.as_default(step=round_index):  # what the reader sees of the pool
+            tf.summary.image("pools/round_grid", pool_grid.class_grid(
+                pool.images, pool.targets, class_names)[None],
+                description=pool_grid.describe(class_names))
         return pool.as_split()
 
     def run(self) -> dict:
