@@ -89,10 +89,12 @@ def test_synthetic_only_training_sees_no_real_training_image(tmp_path, medmnist_
     ({"rounds": 0}, "needs --rounds >= 1"),
 ])
 def test_synthetic_only_training_refuses_what_it_cannot_do(settings, message):
+    from tsynd_tf import synthesis
     from tsynd_tf.config import ConfigError, TrainConfig
 
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(**{"train_on": "synthetic", "method": "augment", **settings})
+        synthesis.check_config(
+            TrainConfig(**{"train_on": "synthetic", "method": "augment", **settings}))
 
 
 def test_a_run_recorded_with_pool_fraction_resumes_as_the_same_amount():
