@@ -186,7 +186,8 @@ def test_every_method_starts_from_the_same_classifier(tmp_path, medmnist_dir):
     from tsynd_tf.runs import RunDir
 
     weights = {}
-    for method in synthesis.METHODS:
+    # external reads a user's file made for a 10% subset: tests/test_external.py runs it.
+    for method in (m for m in synthesis.METHODS if m != "external"):
         config = tiny_config(tmp_path / method, medmnist_dir, method=method)
         parts = run_parts.assemble(config, RunDir(tmp_path / method))
         weights[method] = parts.classifier.get_weights()
