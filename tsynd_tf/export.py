@@ -19,7 +19,7 @@ from absl import flags
 import math
 
 from tsynd_tf import cli, serving
-from tsynd_tf.fileio import unwritable
+from tsynd_tf.fileio import check_output
 
 flags.DEFINE_string("run_dir", None, "Training run folder holding config.json and "
                     "classifier.keras.")
@@ -60,9 +60,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    why = unwritable(FLAGS.export_dir)
-    if why:
-        raise cli.UsageError(f"--export_dir: {why}; pass a folder you can write.")
+    check_output("--export_dir", FLAGS.export_dir)
     from tsynd_tf import runs
 
     run = runs.load_run(FLAGS.run_dir)  # RunDirError: cli reports it, exit 2

@@ -41,7 +41,7 @@ from typing import NamedTuple
 from absl import flags
 
 from tsynd_tf import cli
-from tsynd_tf.fileio import atomic_path, unwritable
+from tsynd_tf.fileio import atomic_path, check_output
 
 flags.DEFINE_string("model", None, "Exported model: saved_models/<name>/<version> (or "
                     "saved_models/<name>, meaning its highest version).")
@@ -322,10 +322,8 @@ def _check_flags(arguments) -> None:
             output_format(FLAGS.output)
         except ValueError as err:
             raise cli.UsageError(str(err)) from None
-        why = unwritable(FLAGS.output, directory=False)
-        if why:
-            raise cli.UsageError(f"--output: {why}; name a .csv or .json file in a folder "
-                                 "you can write.")
+        check_output("--output", FLAGS.output, directory=False,
+                     fix="name a .csv or .json file in a folder you can write")
 
 
 def _print_summary(result: Summary, thresholds: Thresholds, num_samples: int,

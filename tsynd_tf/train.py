@@ -18,7 +18,8 @@ import os
 from absl import flags
 
 from tsynd_tf import cli, config
-from tsynd_tf.fileio import unwritable
+from tsynd_tf import cache
+from tsynd_tf.fileio import check_output
 
 config.define_flags()
 FLAGS = flags.FLAGS
@@ -34,10 +35,12 @@ def config_from_flags() -> config.TrainConfig:
     if not settings.output_dir:
         settings = dataclasses.replace(settings,
                                        output_dir=os.path.join("runs", settings.run_name()))
-    for name, fix in (("output_dir", ""), ("export_dir", " (or '' to skip the export)")):
-        why = getattr(settings, name) and unwritable(getattr(settings, name))
-        if why:
-            raise cli.UsageError(f"--{name}: {why}; pass a folder you can write{fix}.")
+    check_output("--output_dir", settings.output_dir)
+    if settings.export_dir:
+        check_output("--export_dir", settings.export_dir,
+                     fix="pass a folder you can write (or '' to skip the export)")
+    check_output("--cache_dir" if settings.cache_dir else f"--cache_dir (${cache.CACHE_ENV})",
+                 settings.cache_dir or cache.default_root())
     return settings
 
 
