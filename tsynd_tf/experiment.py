@@ -46,7 +46,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from tsynd_tf import cli, launchers
-from tsynd_tf.fileio import append_json_line, read_json_lines, unwritable
+from tsynd_tf.fileio import append_json_line, check_output, read_json_lines
 from tsynd_tf.runs import SweepDir
 
 flags.DEFINE_list("configs", None, "Training flagfiles, one per dataset x train fraction "
@@ -76,6 +76,10 @@ flags.DEFINE_string("rerun_before", None, "UTC ISO time (e.g. 2026-12-01T20:30:0
 flags.mark_flags_as_required(["configs", "sweep_dir"])
 
 FLAGS = flags.FLAGS
+# What the sweep sets in each cell's commands (run_cell): --train_args or --eval_args that
+# set one would train or evaluate another cell than the one its results line names.
+SET_BY_THE_SWEEP = {"train_args": ("method", "seed", "output_dir", "export_dir", "cache_dir"),
+                    "eval_args": ("run_dir", "seed")}
 
 
 def cell_name(config: str, method: str, seed: int) -> str:
@@ -147,11 +151,65 @@ def split_args(flag_name: str) -> list[str]:
                              f"space-separated list of flags ({e}).") from None
 
 
+def check_grid(configs: list[str], methods: list[str]) -> None:
+    """Every cell must have its own name: two flagfiles of one file name (a/tiny.cfg,
+    b/tiny.cfg) would share cells, and one config would never run."""
+    stems = {}
+    for path in configs:
+        stems.setdefault(Path(path).stem, []).append(path)
+    clashes = [paths for paths in stems.values() if len(paths) > 1]
+    if clashes:
+        raise cli.UsageError(f"--configs: {' and '.join(clashes[0])} share the file name "
+                             f"{Path(clashes[0][0]).stem!r}, which names their cells; "
+                             "rename one (or list a config once).")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise cli.UsageError(f"--methods lists {', '.join(repeated)} more than once.")
+
+
+def parse_args(flag_name: str, args: list[str], define, **defaults) -> flags.FlagValues:
+    """`args` (the words of --train_args or --eval_args) parsed with the flags that `define`
+    defines, `defaults` set first. UsageError naming --flag_name when they do not parse, or
+    set a flag of SET_BY_THE_SWEEP."""
+    values = flags.FlagValues()
+    define(values)
+    for name, value in defaults.items():
+        values.set_default(name, value)
+    try:
+        values(["command", *args])
+    except flags.Error as e:
+        raise cli.UsageError(f"--{flag_name} would fail every cell: {e}") from None
+    taken = [f"--{name}" for name in SET_BY_THE_SWEEP[flag_name] if values[name].present]
+    if taken:
+        raise cli.UsageError(f"--{flag_name} sets {', '.join(taken)}, which the sweep sets "
+                             "for each cell (its method, seed and folders); use --methods, "
+                             "--num_seeds and --sweep_dir instead.")
+    return values
+
+
+def check_eval_args(configs: list[str], eval_args: list[str]) -> None:
+    """Parses each config's evaluation flags (--eval_args, then its grid flagfile) as
+    evaluate does, so that a bad one fails now, not after every cell has trained."""
+    from tsynd_tf import evaluate  # flag definitions only: no TensorFlow
+
+    for path in configs:
+        grid = grid_flagfile(path)
+        args = [*eval_args, *([f"--flagfile={grid}"] if grid else [])]
+        # --run_dir: each cell passes its own; any folder passes the validator meanwhile.
+        values = parse_args("eval_args", args, evaluate.define_flags, run_dir=".")
+        try:
+            evaluate.strengths(values)
+        except cli.UsageError as e:
+            raise cli.UsageError(f"--eval_args{f' (with {grid})' if grid else ''} would fail "
+                                 f"every cell's evaluation: {e}") from None
+
+
 def check_cells(configs: list[str], methods: list[str], train_args: list[str]) -> None:
     """Parses every config x method's training flags as train does, into a TrainConfig: a
     bad flagfile, method or --train_args fails here, not in every cell."""
     from tsynd_tf import config as train_config  # imports TensorFlow: seconds
 
+    parse_args("train_args", train_args, train_config.define_flags)
     for path in configs:
         for method in methods:
             values = flags.FlagValues()
@@ -264,11 +322,11 @@ def main(argv):
     if FLAGS.workers < 1 or FLAGS.num_seeds < 1:
         raise cli.UsageError("--workers and --num_seeds must be >= 1.")
     rerun_before = parse_rerun_before(FLAGS.rerun_before)
-    why = unwritable(FLAGS.sweep_dir)
-    if why:
-        raise cli.UsageError(f"--sweep_dir: {why}; pass a folder you can write.")
+    check_output("--sweep_dir", FLAGS.sweep_dir)
     launcher = make_launcher()
     eval_args, train_args = split_args("eval_args"), split_args("train_args")
+    check_grid(FLAGS.configs, FLAGS.methods)
+    check_eval_args(FLAGS.configs, eval_args)
     check_cells(FLAGS.configs, FLAGS.methods, train_args)
     sweep = SweepDir(FLAGS.sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
