@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -65,13 +66,21 @@ class Entry:
 
     @contextlib.contextmanager
     def hold(self):
-        """An exclusive flock on the entry: one process trains it, the others wait."""
+        """An exclusive flock on the entry: one process trains it, the others wait, saying
+        for whom (the holder writes its PID and host into the lock file)."""
         import fcntl
 
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                log.info("Waiting for %s, which %s is training.", self, holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}".encode(), 0)
             yield self
         finally:
             os.close(fd)

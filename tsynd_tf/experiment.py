@@ -234,6 +234,19 @@ class CellSettings:
     sweep_command: str  # recorded in every result line
 
 
+def hold_log(log, name: str) -> None:
+    """An exclusive flock on the cell's open log for as long as it runs. Two sweep processes
+    on one sweep folder would otherwise both run the cell (the second's train is refused by
+    the run's lock) into one log, their lines interleaved; the second is told instead."""
+    import fcntl
+
+    try:
+        fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(f"{name}: another sweep process is running this cell (it holds "
+                           f"{log.name}); not run twice.") from None
+
+
 def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
     """Trains and evaluates one (config, method, seed) cell; its result line. RuntimeError
     when a step fails."""
@@ -257,6 +270,7 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
         steps["evaluate"].append(f"--flagfile={grid_flagfile(config)}")
     seconds, started = {}, utc_now()
     with open(log_path, "a") as log:
+        hold_log(log, name)
         for step, command in steps.items():
             start = time.time()
             log.write(f"\n$ {' '.join(command)}\n")
