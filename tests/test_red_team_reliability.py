@@ -184,3 +184,120 @@ def test_choose_grid_checks_its_output_before_measuring(tmp_path, write_run_dir,
                       f"--output={a_file / 'grid.cfg'}", succeeds=False, timeout=300)
     usage_error(done, "choose_grid", "--output: ", f"{a_file} is not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "run"]
+
+
+# ----------------------------------------------------------------------------- one answer
+
+
+def repeated(images: np.ndarray) -> np.ndarray:
+    """The first image at positions 0, 3 and 5, among three others: with batches of two it
+    is first, second and first in its batch, in batches 1, 2 and 3."""
+    return images[[0, 1, 2, 0, 3, 0]]
+
+
+def test_evaluation_gives_an_image_one_answer_whatever_its_batch(trained_classifier,
+                                                                 pneumonia):  # 7
+    from tsynd_tf import evaluation, uncertainty
+
+    images = repeated(pneumonia.test.images[:4])
+    predictor = evaluation.MCPredictor(trained_classifier, 4, False, batch_size=2, seed=0)
+    out = predictor.predict(images)
+    for key in ("probs", "mutual_information", "predictive_entropy"):
+        np.testing.assert_allclose(out[key][[3, 5]], out[key][[0, 0]], atol=1e-6, err_msg=key)
+    assert out["mutual_information"][0] > 1e-4  # the passes' masks differ: MI is not 0
+    alone = predictor.predict(images[:1])
+    np.testing.assert_allclose(alone["probs"][0], out["probs"][0], atol=1e-6)
+    # The masks of training (one per row, advancing) are what made answers differ: the same
+    # batch through them gives the copies other answers, so the check above can fail.
+    batches = [evaluation.to_unit_float(images[i:i + 2]) for i in range(0, 6, 2)]
+    with evaluation.seeded_dropout(trained_classifier, 0):
+        per_row = uncertainty.mc_predict(trained_classifier, batches, 4)["probs"]
+    assert np.abs(per_row[[3, 5]] - per_row[[0, 0]]).max() > 1e-3
+
+
+def test_predict_and_the_saved_model_give_an_image_one_answer(trained_classifier, pneumonia,
+                                                              tmp_path):  # 7
+    """The same file three times among others, in batches of two: one row, repeated, and
+    the answer evaluate (seed 0, serving.MASK_SEED) gives that image."""
+    import json
+
+    from PIL import Image
+
+    from tsynd_tf import evaluation, serving
+
+    export = serving.export_trained(
+        trained_classifier, pneumonia, pneumonia.train.subset(np.arange(1000)), 4,
+        tmp_path / "saved", name="pneumonia")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, image in enumerate(repeated(pneumonia.test.images[:4])):
+        Image.fromarray(image[..., 0]).save(folder / f"{index}.png")
+    output = tmp_path / "predictions.json"
+    run_module("tsynd_tf.predict", f"--model={export}", "--batch_size=2", f"--output={output}",
+               str(folder), timeout=300)
+    rows = {Path(row["file"]).name: row for row in json.loads(output.read_text())["predictions"]}
+    first = rows["0.png"]
+    for copy in ("3.png", "5.png"):
+        for key in ("class", "probability", "mi", "entropy", "refer"):
+            assert rows[copy][key] == pytest.approx(first[key], abs=1e-6), (copy, key)
+    assert first["mi"] > 1e-4
+    evaluated = evaluation.MCPredictor(trained_classifier, 4, False, seed=0).predict(
+        pneumonia.test.images[:1])
+    assert first["mi"] == pytest.approx(evaluated["mutual_information"][0], abs=1e-5)
+    assert first["probability"] == pytest.approx(evaluated["probs"][0].max(), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- smaller
+
+
+def test_a_cell_another_sweep_process_runs_is_not_run_into_its_log(tmp_path, tiny_config):
+    """Two sweep processes on one folder: the second is told, and writes nothing."""
+    import fcntl
+    import os
+
+    from tsynd_tf import experiment, runs
+
+    sweep_dir = runs.SweepDir(tmp_path / "sweep")
+    log_path = sweep_dir.log_file(experiment.cell_name(str(tiny_config), "baseline", 0))
+    log_path.parent.mkdir(parents=True)
+    settings = experiment.CellSettings(str(sweep_dir.path), (), (), 1, os.getcwd(), "test")
+    with open(log_path, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # the first sweep process, running the cell
+        with pytest.raises(RuntimeError, match=f"another sweep process is running this cell "
+                                               f"\\(it holds {log_path}\\)"):
+            experiment.run_cell((str(tiny_config), "baseline", 0), settings)
+    assert log_path.read_text() == ""
+    assert not (sweep_dir.path / "runs").exists()
+
+
+def test_a_process_waiting_for_a_cached_model_says_who_trains_it(tmp_path, caplog):
+    import logging
+    import os
+    import socket
+    import threading
+
+    from tsynd_tf import cache
+
+    entry = cache.entry(tmp_path, "toy", {"steps": 3})
+
+    def wait_for_the_entry():
+        with entry.hold():
+            pass
+
+    with caplog.at_level(logging.INFO, logger="tsynd_tf.cache"), entry.hold():
+        waiter = threading.Thread(target=wait_for_the_entry)
+        waiter.start()
+        waiter.join(2)
+        assert waiter.is_alive()  # blocked on the lock this thread holds
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert (f"Waiting for {entry}, which PID {os.getpid()} on {socket.gethostname()} is "
+            "training.") in caplog.text
+
+
+def test_a_subset_larger_than_asked_is_logged(pneumonia, caplog):
+    from tsynd_tf.data import subsample_indices
+
+    indices = subsample_indices(pneumonia.train.targets, count=1, seed=0)
+    assert len(indices) == 2  # one image of each of the two classes
+    assert "The labelled subset holds 2 images, not the 1 asked for" in caplog.text

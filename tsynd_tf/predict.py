@@ -109,7 +109,7 @@ def load_model(path):
     except Exception as err:  # noqa: BLE001
         raise ModelError(f"{model_dir} has a 'metadata' signature without tsynd_tf metadata "
                          f"({err!r}).") from err
-    from tsynd_tf.serving import FORMAT, FORMAT_VERSION
+    from tsynd_tf.serving import FORMAT, FORMAT_CHANGES, FORMAT_VERSION
 
     if metadata.get("format") != FORMAT or metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"{model_dir} metadata has format {metadata.get('format')!r} "
@@ -117,7 +117,9 @@ def load_model(path):
                          f"{FORMAT!r} up to version {FORMAT_VERSION}.")
     if metadata["format_version"] < FORMAT_VERSION:
         raise ModelError(f"{model_dir} was exported by an older tsynd_tf (format version "
-                         f"{metadata['format_version']}), without the ood_score output: "
+                         f"{metadata['format_version']}), without " + ", ".join(
+                             change for version, change in FORMAT_CHANGES.items()
+                             if version > metadata["format_version"]) + ": "
                          "export its run again (python -m tsynd_tf.export --run_dir="
                          f"{metadata.get('run_dir', '<its run directory>')}).")
     serve = signatures["serving_default"]
