@@ -301,3 +301,14 @@ def test_a_subset_larger_than_asked_is_logged(pneumonia, caplog):
     indices = subsample_indices(pneumonia.train.targets, count=1, seed=0)
     assert len(indices) == 2  # one image of each of the two classes
     assert "The labelled subset holds 2 images, not the 1 asked for" in caplog.text
+
+
+def test_export_under_a_name_taken_by_a_file_is_refused(tmp_path, a_file):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "model").write_text("")
+    done = run_module("tsynd_tf.export", f"--run_dir={tmp_path}", f"--export_dir={saved}",
+                      "--name=model", succeeds=False)
+    usage_error(done, "export", f"--name: {saved / 'model'} is not a folder",
+                "pass another --name or --export_dir")
+    assert sorted(p.name for p in saved.iterdir()) == ["model"]

@@ -55,6 +55,9 @@ def main(argv):
                  fix="name a .md file in a folder you can write")
     check_output("--figures_dir" if FLAGS.figures_dir else "--figures_dir (figures/ beside "
                  "--output)", figures_dir)
+    check_output("--sweep_dir", records.sweep_folder(sweep_dir).tensorboard,
+                 fix="the report also logs its figures to TensorBoard there; pass a sweep "
+                     "folder you can write")
     logdir = page.write_page(sweep_dir, output, figures_dir, FLAGS.title, FLAGS.model_figures,
                              FLAGS.num_images)
     logging.info("Wrote %s and figures in %s; TensorBoard: %s.", output, figures_dir, logdir)
