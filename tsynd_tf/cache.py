@@ -40,6 +40,20 @@ def default_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tsynd_tf")
 
 
+def root(cache_dir: str | Path | None) -> Path:
+    """The cache folder of a --cache_dir ('' or None: the default)."""
+    return Path(cache_dir).expanduser() if cache_dir else default_root()
+
+
+def root_source(cache_dir: str | Path | None) -> str:
+    """Where root(cache_dir) comes from, as a message names it."""
+    if cache_dir:
+        return "--cache_dir"
+    if os.environ.get(CACHE_ENV):
+        return f"--cache_dir (${CACHE_ENV})"
+    return "--cache_dir (default ~/.cache/tsynd_tf)"
+
+
 class Entry:
     """One cached model: its folder, weights and record."""
 
@@ -87,8 +101,7 @@ class Entry:
 
 
 def entry(cache_dir: str | Path | None, kind: str, settings: dict) -> Entry:
-    root = Path(cache_dir).expanduser() if cache_dir else default_root()
-    return Entry(root, kind, settings)
+    return Entry(root(cache_dir), kind, settings)
 
 
 def fetch(entry: Entry, weights_of, train) -> dict:

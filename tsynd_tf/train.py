@@ -39,8 +39,7 @@ def config_from_flags() -> config.TrainConfig:
     if settings.export_dir:
         check_output("--export_dir", settings.export_dir,
                      fix="pass a folder you can write (or '' to skip the export)")
-    check_output("--cache_dir" if settings.cache_dir else f"--cache_dir (${cache.CACHE_ENV})",
-                 settings.cache_dir or cache.default_root())
+    check_output(cache.root_source(settings.cache_dir), cache.root(settings.cache_dir))
     return settings
 
 
