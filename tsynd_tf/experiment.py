@@ -24,7 +24,9 @@ directory still there resumes, a finished one is only re-evaluated; else it is r
 the new line supersedes the old one in the report, and a restart skips what it re-ran.
 
 Every cell's training flags (its flagfile, method and --train_args) are checked as train
-would check them before the sweep starts. Each cell's processes die with the sweep (Linux:
+would check them before the sweep starts, and its evaluation flags (--eval_args, the grid) as
+evaluate would; --train_args and --eval_args may not set what the sweep sets per cell
+(SET_BY_THE_SWEEP), and two configs may not share a file name (it names their cells). Each cell's processes die with the sweep (Linux:
 the kernel kills them when the sweep process ends, even by kill -9), so no training outlives
 it (under Ray: with its worker, and a job's workers end with the sweep); a run directory is
 trained by one process at a time (runs.RunDir.lock).
