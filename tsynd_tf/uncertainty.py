@@ -10,7 +10,10 @@ from logits in float32 with log-sum-exp, so it is finite and differentiable (the
 ascent takes its gradient) even when a probability underflows to 0.
 
 `mc_predict` is the one batched MC-dropout predictor over a set of images; training,
-serving, evaluation (`evaluation.MCPredictor`) and the report all call it.
+serving, evaluation (`evaluation.MCPredictor`) and the report all call it. Masks come in two
+schemes (`mc_logits`): one per image row, as Keras draws them (training), or one per pass
+shared across the batch, so that an image gets one answer whatever its batch (evaluation,
+the SavedModel and predict; saved_models/README.md).
 """
 
 from __future__ import annotations
