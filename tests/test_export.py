@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from conftest import TRAINED_IMAGES, run_command, run_module
 
-from tsynd_tf.models import seed_generator_states
 
 NUM_SAMPLES = 10
 
@@ -39,11 +38,8 @@ def exported(trained_classifier, write_run_dir, pneumonia, tmp_path_factory):
     ood_threshold, _ = choose_ood_threshold(ood_score, pneumonia.val.images)
     path = export_classifier(trained_classifier, info, NUM_SAMPLES, threshold, base,
                              ood_score=ood_score, ood_threshold=ood_threshold)
-    # The SavedModel holds the dropout RNG state as it is now: the fresh process's first
-    # call draws the same masks as an in-process call from this state.
-    states = [v.numpy() for v in seed_generator_states(trained_classifier)]
     return {"base": base, "cli": base / info.name / "1", "inprocess": path, "run_dir": run_dir,
-            "threshold": threshold, "states": states, "cli_out": cli.stdout,
+            "threshold": threshold, "cli_out": cli.stdout,
             "ood_score": ood_score, "ood_threshold": ood_threshold}
 
 
@@ -122,16 +118,18 @@ FRESH = textwrap.dedent("""
 def test_fresh_process_matches_in_process(exported, trained_classifier, pneumonia, tmp_path):
     """Plain tf.saved_model.load, no project code: same numbers as the Keras model.
 
-    MC dropout is random, so the comparison pins the randomness instead of averaging it out:
-    Keras dropout draws its masks from a seed-state variable that the SavedModel stores, and
-    the fresh process's first call uses the state saved at export. Resetting the in-process
-    state to that value and running the same T passes on the same batch gives the same masks,
-    so probabilities, entropy and MI must agree to float rounding. Any difference in weights,
-    BatchNorm statistics, uint8 scaling or uncertainty maths would show. A second call must
-    then differ (dropout still live after export, so MI is not silently 0).
+    The served masks are T per-pass masks shared across the batch, drawn from the dropout
+    state saved at export (serving.MASK_SEED): the same T passes in process, from the state
+    evaluation.seeded_dropout(MASK_SEED) sets, give the same masks, so probabilities,
+    entropy and MI must agree to float rounding. Any difference in weights, BatchNorm
+    statistics, uint8 scaling or uncertainty maths would show. A second call must give the
+    same answers (one answer per image, whatever the call), with dropout still live (MI is
+    not silently 0).
     """
     import tensorflow as tf
 
+    from tsynd_tf.evaluation import seeded_dropout
+    from tsynd_tf.serving import MASK_SEED
     from tsynd_tf.uncertainty import mc_logits, uncertainty_from_logits
 
     images = pneumonia.test.images[:128]
@@ -142,11 +140,10 @@ def test_fresh_process_matches_in_process(exported, trained_classifier, pneumoni
     got = np.load(out)
     meta = json.loads(Path(str(out) + ".json").read_text())
 
-    for variable, value in zip(seed_generator_states(trained_classifier), exported["states"]):
-        variable.assign(value)
     x = tf.cast(images, tf.float32) / 255.0
-    ref = {k: v.numpy() for k, v in
-           uncertainty_from_logits(mc_logits(trained_classifier, x, NUM_SAMPLES)).items()}
+    with seeded_dropout(trained_classifier, MASK_SEED):
+        ref = {k: v.numpy() for k, v in uncertainty_from_logits(
+            mc_logits(trained_classifier, x, NUM_SAMPLES, shared_masks=True)).items()}
 
     assert got["probabilities"].shape == (128, 2) and got["probabilities"].dtype == np.float32
     assert got["predicted_class"].dtype == np.int64
@@ -166,8 +163,8 @@ def test_fresh_process_matches_in_process(exported, trained_classifier, pneumoni
     np.testing.assert_array_equal(got["refer"],
                                   (got["mutual_information"] > exported["threshold"]) |
                                   (got["ood_score"] > exported["ood_threshold"]))
-    # Still stochastic after export: a second call draws new masks.
-    assert np.abs(got["second"] - got["probabilities"]).max() > 1e-4
+    # One answer per image: a second call gives the same, its masks the same T.
+    np.testing.assert_array_equal(got["second"], got["probabilities"])
     assert (got["mutual_information"] > 0).mean() > 0.9
 
     for source in (meta["meta"]["metadata_json"], meta["assets"]):

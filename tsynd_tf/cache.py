@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -37,6 +38,20 @@ CACHE_ENV = "TSYND_CACHE_DIR"
 
 def default_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tsynd_tf")
+
+
+def root(cache_dir: str | Path | None) -> Path:
+    """The cache folder of a --cache_dir ('' or None: the default)."""
+    return Path(cache_dir).expanduser() if cache_dir else default_root()
+
+
+def root_source(cache_dir: str | Path | None) -> str:
+    """Where root(cache_dir) comes from, as a message names it."""
+    if cache_dir:
+        return "--cache_dir"
+    if os.environ.get(CACHE_ENV):
+        return f"--cache_dir (${CACHE_ENV})"
+    return "--cache_dir (default ~/.cache/tsynd_tf)"
 
 
 class Entry:
@@ -65,21 +80,28 @@ class Entry:
 
     @contextlib.contextmanager
     def hold(self):
-        """An exclusive flock on the entry: one process trains it, the others wait."""
+        """An exclusive flock on the entry: one process trains it, the others wait, saying
+        for whom (the holder writes its PID and host into the lock file)."""
         import fcntl
 
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                log.info("Waiting for %s, which %s is training.", self, holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}".encode(), 0)
             yield self
         finally:
             os.close(fd)
 
 
 def entry(cache_dir: str | Path | None, kind: str, settings: dict) -> Entry:
-    root = Path(cache_dir).expanduser() if cache_dir else default_root()
-    return Entry(root, kind, settings)
+    return Entry(root(cache_dir), kind, settings)
 
 
 def fetch(entry: Entry, weights_of, train) -> dict:

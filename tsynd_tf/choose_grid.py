@@ -22,16 +22,23 @@ flags.DEFINE_string("run_dir", None, "A finished training run of the config (the
                     "seed 0, by convention).")
 flags.DEFINE_string("output", None, "Evaluation flagfile to write (flags/robustness/"
                     "<config>.cfg).")
-flags.DEFINE_integer("num_samples", 10, "MC-dropout passes T.")
-flags.DEFINE_integer("pgd_steps", 10, "PGD steps, as in the sweep's evaluation.")
+# The bounds are evaluate's: the grid is measured as the sweep's evaluation will run.
+flags.DEFINE_integer("num_samples", 10, "MC-dropout passes T (>= 2: with one pass the "
+                     "mutual information is always 0).", lower_bound=2)
+flags.DEFINE_integer("pgd_steps", 10, "PGD steps, as in the sweep's evaluation.",
+                     lower_bound=1)
 flags.mark_flags_as_required(["run_dir", "output"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
+    from tsynd_tf.fileio import atomic_path, check_output
+
+    # Before minutes of measuring: a grid that cannot be written would be lost.
+    check_output("--output", FLAGS.output, directory=False,
+                 fix="name a .cfg file in a folder you can write")
     from tsynd_tf import runs
-    from tsynd_tf.fileio import atomic_path
 
     run = runs.load_run(FLAGS.run_dir)
     split = run.load_dataset().val

@@ -20,53 +20,68 @@ from pathlib import Path
 from absl import flags
 
 from tsynd_tf import cli
-from tsynd_tf.fileio import unwritable
+from tsynd_tf.fileio import check_output
 
-flags.DEFINE_string("run_dir", None, "Training run directory (config.json, "
-                    "classifier.keras).")
-flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
-flags.DEFINE_integer("num_samples", None, "MC-dropout passes T (>= 2: with one pass the "
-                     "mutual information is always 0); default: the run's.", lower_bound=2)
-flags.DEFINE_integer("batch_size", None, "Images per batch (x T passes); default: the "
-                     "run's --eval_batch_size.", lower_bound=1)
-flags.DEFINE_list("gaussian_sigmas", ["0", "0.05", "0.1", "0.2"],
-                  "Std of additive Gaussian noise on [0, 1] images; empty for none.")
-flags.DEFINE_list("fgsm_epsilons", ["0.002", "0.004", "0.008", "0.016"],
-                  "L-inf budgets of FGSM on [0, 1] images; empty for none.")
-flags.DEFINE_list("pgd_epsilons", ["0.002", "0.004", "0.008", "0.016"],
-                  "L-inf budgets of PGD on [0, 1] images; empty for none.")
-flags.DEFINE_integer("pgd_steps", 10, "PGD steps (step size 2.5 * eps / steps, random "
-                     "start).", lower_bound=1)
-flags.DEFINE_bool("corruptions", False, "Also evaluate the MedMNIST-C-style corruptions "
-                  "(5 severities each; minutes on a CPU).")
-flags.DEFINE_integer("max_examples", 0, "Evaluate a seeded stratified subset of this many "
-                     "images, at least one per class (0: the whole split). For quick checks "
-                     "only: it replaces the run's eval_<split>.json like any evaluation.",
-                     lower_bound=0)
-flags.DEFINE_integer("seed", 0, "Seed of the dropout masks, noise, PGD starts and "
-                     "corruptions.", lower_bound=0)
-flags.mark_flag_as_required("run_dir")
-# Checked at parse time: a wrong path fails before TensorFlow spends seconds importing.
-flags.register_validator(
-    "run_dir", lambda path: path is None or Path(path).expanduser().is_dir(),
-    "--run_dir must be an existing training run directory.")
+
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
+    """evaluate's flags, in `values`: the command's, or those a sweep checks its --eval_args
+    with before any cell runs (experiment.check_eval_args)."""
+    define = dict(flag_values=values)
+    flags.DEFINE_string("run_dir", None, "Training run directory (config.json, "
+                        "classifier.keras).", **define)
+    flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.",
+                      **define)
+    flags.DEFINE_integer("num_samples", None, "MC-dropout passes T (>= 2: with one pass "
+                         "the mutual information is always 0); default: the run's.",
+                         lower_bound=2, **define)
+    flags.DEFINE_integer("batch_size", None, "Images per batch (x T passes); default: the "
+                         "run's --eval_batch_size.", lower_bound=1, **define)
+    flags.DEFINE_list("gaussian_sigmas", ["0", "0.05", "0.1", "0.2"], "Std of additive "
+                      "Gaussian noise on [0, 1] images; empty for none.", **define)
+    flags.DEFINE_list("fgsm_epsilons", ["0.002", "0.004", "0.008", "0.016"],
+                      "L-inf budgets of FGSM on [0, 1] images; empty for none.", **define)
+    flags.DEFINE_list("pgd_epsilons", ["0.002", "0.004", "0.008", "0.016"],
+                      "L-inf budgets of PGD on [0, 1] images; empty for none.", **define)
+    flags.DEFINE_integer("pgd_steps", 10, "PGD steps (step size 2.5 * eps / steps, random "
+                         "start).", lower_bound=1, **define)
+    flags.DEFINE_bool("corruptions", False, "Also evaluate the MedMNIST-C-style corruptions "
+                      "(5 severities each; minutes on a CPU).", **define)
+    flags.DEFINE_integer("max_examples", 0, "Evaluate a seeded stratified subset of this "
+                         "many images, at least one per class (0: the whole split). For quick "
+                         "checks only: it replaces the run's eval_<split>.json like any "
+                         "evaluation.", lower_bound=0, **define)
+    flags.DEFINE_integer("seed", 0, "Seed of the dropout masks, noise, PGD starts and "
+                         "corruptions.", lower_bound=0, **define)
+    flags.mark_flag_as_required("run_dir", **define)
+    # Checked at parse time: a wrong path fails before TensorFlow spends seconds importing.
+    flags.register_validator(
+        "run_dir", lambda path: path is None or Path(path).expanduser().is_dir(),
+        "--run_dir must be an existing training run directory.", **define)
+
+
+def strengths(values: flags.FlagValues) -> tuple[list[float], ...]:
+    """(--gaussian_sigmas, --fgsm_epsilons, --pgd_epsilons) as numbers; UsageError naming
+    the flag when one is not a list of numbers in [0, 1)."""
+    return tuple(_floats(values, name)
+                 for name in ("gaussian_sigmas", "fgsm_epsilons", "pgd_epsilons"))
+
+
+def _floats(values: flags.FlagValues, flag_name: str) -> list[float]:
+    try:
+        numbers = [float(v) for v in values[flag_name].value]
+    except ValueError:
+        raise cli.UsageError(f"--{flag_name} must be a comma-separated list of numbers; got "
+                             f"{','.join(values[flag_name].value)!r}.") from None
+    if any(not 0 <= v < 1 for v in numbers):
+        raise cli.UsageError(f"--{flag_name} values are on [0, 1] images: 0 <= v < 1; got "
+                             f"{numbers}.")
+    return numbers
+
 
 FLAGS = flags.FLAGS
 
 TABLE_METRICS = {"acc": "acc", "auc": "auc", "balanced_acc": "bal_acc", "nll": "nll",
                  "ece": "ece", "mutual_information": "MI"}  # metric -> column header
-
-
-def _floats(flag_name: str) -> list[float]:
-    try:
-        values = [float(v) for v in FLAGS[flag_name].value]
-    except ValueError:
-        raise cli.UsageError(f"--{flag_name} must be a comma-separated list of numbers; got "
-                             f"{','.join(FLAGS[flag_name].value)!r}.") from None
-    if any(not 0 <= v < 1 for v in values):
-        raise cli.UsageError(f"--{flag_name} values are on [0, 1] images: 0 <= v < 1; got "
-                             f"{values}.")
-    return values
 
 
 def format_table(metrics: dict) -> str:
@@ -86,16 +101,13 @@ def format_table(metrics: dict) -> str:
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    sigmas, fgsm_eps, pgd_eps = (_floats(n) for n in
-                                 ("gaussian_sigmas", "fgsm_epsilons", "pgd_epsilons"))
+    sigmas, fgsm_eps, pgd_eps = strengths(FLAGS)
     # Deferred: TensorFlow takes seconds to import; flag errors should not wait for it.
     from tsynd_tf import evaluation, runs
     from tsynd_tf.data import subsample_indices
 
-    why = unwritable(FLAGS.run_dir)
-    if why:
-        raise cli.UsageError(f"--run_dir: {why}; evaluate writes eval_{FLAGS.split}.json "
-                             "there.")
+    check_output("--run_dir", FLAGS.run_dir,
+                 fix=f"evaluate writes eval_{FLAGS.split}.json there")
     run = runs.load_run(FLAGS.run_dir)  # RunDirError/DataError: cli reports them, exit 2
     classes = 1 if run.info.multilabel else run.info.num_classes
     if 0 < FLAGS.max_examples < classes:
@@ -145,4 +157,5 @@ def replaced_settings(previous: dict | None, settings: dict) -> str:
 
 
 if __name__ == "__main__":
+    define_flags()  # here: importing the module (a sweep's check) defines no flags
     cli.run(main)

@@ -3,10 +3,12 @@ and robustness to Gaussian noise, FGSM/PGD attacks and MedMNIST-C-style corrupti
 (`tsynd_tf.corruptions`). `python -m tsynd_tf.evaluate` runs it on a training run.
 
 Every condition (clean, noisy, attacked, corrupted) is predicted with the SAME dropout masks:
-the classifier's dropout RNG is reset to `seed` before each one ("common random numbers").
-Differences between conditions then come from the inputs, not from MC noise, and sigma = 0
-reproduces the clean numbers exactly. The predictions are `uncertainty.mc_predict`'s, the one
-batched MC-dropout predictor that training, serving and the report use too.
+T masks, one per pass, drawn from `seed` and shared by every image (`mc_logits`'
+shared_masks), as the SavedModel serves them ("common random numbers"). Differences between
+conditions then come from the inputs, not from MC noise, sigma = 0 reproduces the clean
+numbers exactly, and an image's prediction does not depend on the rest of its batch. The
+predictions are `uncertainty.mc_predict`'s, the one batched MC-dropout predictor that
+training, serving and the report use too. Attacks keep fresh masks at every step (EOT).
 """
 
 from __future__ import annotations
@@ -213,14 +215,17 @@ class MCPredictor:
 
     def predict(self, images: np.ndarray) -> dict:
         """{'probs' (N, K), 'predictive_entropy', 'expected_entropy', 'mutual_information'}:
-        `uncertainty.mc_predict` over batches of `images`, with the masks of `seed`."""
+        `uncertainty.mc_predict` over batches of `images`, with the T shared masks of
+        `seed`: each image's answer is the one the SavedModel exported with that mask seed
+        (serving.MASK_SEED) gives it."""
         images = to_unit_float(images)
         # One call per batch: a batch is already within images_per_call's cap.
         batches = (convert_channels(tf.constant(images[batch]), self._channels)
                    for batch in self._batches(images))
         with seeded_dropout(self.classifier, self.seed):
             return mc_predict(self.classifier, batches, self.num_samples, self.multilabel,
-                              image_shape=(*images.shape[1:-1], self._channels))
+                              image_shape=(*images.shape[1:-1], self._channels),
+                              shared_masks=True)
 
     def pgd(self, images: np.ndarray, targets: np.ndarray, epsilon: float, steps: int = 10,
             step_size: float | None = None, random_start: bool = True) -> np.ndarray:

@@ -24,7 +24,9 @@ directory still there resumes, a finished one is only re-evaluated; else it is r
 the new line supersedes the old one in the report, and a restart skips what it re-ran.
 
 Every cell's training flags (its flagfile, method and --train_args) are checked as train
-would check them before the sweep starts. Each cell's processes die with the sweep (Linux:
+would check them before the sweep starts, and its evaluation flags (--eval_args, the grid) as
+evaluate would; --train_args and --eval_args may not set what the sweep sets per cell
+(SET_BY_THE_SWEEP), and two configs may not share a file name (it names their cells). Each cell's processes die with the sweep (Linux:
 the kernel kills them when the sweep process ends, even by kill -9), so no training outlives
 it (under Ray: with its worker, and a job's workers end with the sweep); a run directory is
 trained by one process at a time (runs.RunDir.lock).
@@ -35,6 +37,7 @@ it), 2 for a bad flag.
 
 import dataclasses
 import datetime
+import itertools
 import os
 import shlex
 import signal
@@ -47,7 +50,7 @@ from absl import flags, logging
 
 from tsynd_tf import cli, launchers
 from tsynd_tf import config as train_config
-from tsynd_tf.fileio import append_json_line, read_json_lines, unwritable
+from tsynd_tf.fileio import append_json_line, check_output, read_json_lines
 from tsynd_tf.runs import SweepDir
 
 flags.DEFINE_list("configs", None, "Training flagfiles, one per dataset x train fraction "
@@ -77,6 +80,10 @@ flags.DEFINE_string("rerun_before", None, "UTC ISO time (e.g. 2026-12-01T20:30:0
 flags.mark_flags_as_required(["configs", "sweep_dir"])
 
 FLAGS = flags.FLAGS
+# What the sweep sets in each cell's commands (run_cell): --train_args or --eval_args that
+# set one would train or evaluate another cell than the one its results line names.
+SET_BY_THE_SWEEP = {"train_args": ("method", "seed", "output_dir", "export_dir", "cache_dir"),
+                    "eval_args": ("run_dir", "seed")}
 
 
 def cell_name(config: str, method: str, seed: int) -> str:
@@ -148,22 +155,78 @@ def split_args(flag_name: str) -> list[str]:
                              f"space-separated list of flags ({e}).") from None
 
 
-def check_cells(configs: list[str], methods: list[str], train_args: list[str]) -> None:
-    """Parses every config x method's training flags as train does, into a TrainConfig, and
-    checks what it asks of its method: a bad flagfile, method or --train_args fails here,
-    not in every cell."""
-    from tsynd_tf import synthesis  # imports TensorFlow: after the sweep's own flags
+def check_grid(configs: list[str], methods: list[str]) -> None:
+    """Every cell must have its own name: two flagfiles of one file name (a/tiny.cfg,
+    b/tiny.cfg) would share cells, and one config would never run."""
+    stems = {}
+    for path in configs:
+        stems.setdefault(Path(path).stem, []).append(path)
+    clashes = [paths for paths in stems.values() if len(paths) > 1]
+    if clashes:
+        raise cli.UsageError(f"--configs: {' and '.join(clashes[0])} share the file name "
+                             f"{Path(clashes[0][0]).stem!r}, which names their cells; "
+                             "rename one (or list a config once).")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise cli.UsageError(f"--methods lists {', '.join(repeated)} more than once.")
+
+
+def parse_args(flag_name: str, args: list[str], define, **defaults) -> flags.FlagValues:
+    """`args` (the words of --train_args or --eval_args) parsed with the flags that `define`
+    defines, `defaults` set first. UsageError naming --flag_name when they do not parse, or
+    set a flag of SET_BY_THE_SWEEP."""
+    values = flags.FlagValues()
+    define(values)
+    for name, value in defaults.items():
+        values.set_default(name, value)
+    try:
+        values(["command", *args])
+    except flags.Error as e:
+        raise cli.UsageError(f"--{flag_name} would fail every cell: {e}") from None
+    taken = [f"--{name}" for name in SET_BY_THE_SWEEP[flag_name] if values[name].present]
+    if taken:
+        raise cli.UsageError(f"--{flag_name} sets {', '.join(taken)}, which the sweep sets "
+                             "for each cell (its method, seed and folders); use --methods, "
+                             "--num_seeds and --sweep_dir instead.")
+    return values
+
+
+def check_eval_args(configs: list[str], eval_args: list[str]) -> None:
+    """Parses each config's evaluation flags (--eval_args, then its grid flagfile) as
+    evaluate does, so that a bad one fails now, not after every cell has trained."""
+    from tsynd_tf import evaluate  # flag definitions only: no TensorFlow
 
     for path in configs:
-        for method in methods:
-            values = flags.FlagValues()
-            train_config.define_flags(values)
-            try:
-                values(["train", f"--flagfile={path}", f"--method={method}", *train_args])
-                synthesis.check_config(train_config.from_flags(values))
-            except (flags.Error, train_config.ConfigError) as e:
-                raise cli.UsageError(f"the cells of {path} with --method={method} (and "
-                                     f"--train_args) would fail: {e}") from None
+        grid = grid_flagfile(path)
+        args = [*eval_args, *([f"--flagfile={grid}"] if grid else [])]
+        # --run_dir: each cell passes its own; any folder passes the validator meanwhile.
+        values = parse_args("eval_args", args, evaluate.define_flags, run_dir=".")
+        try:
+            evaluate.strengths(values)
+        except cli.UsageError as e:
+            raise cli.UsageError(f"--eval_args{f' (with {grid})' if grid else ''} would fail "
+                                 f"every cell's evaluation: {e}") from None
+
+
+def check_cells(configs: list[str], methods: list[str], train_args: list[str],
+                num_seeds: int) -> None:
+    """Parses every config x method x seed's training flags as train does, into a
+    TrainConfig, and checks what it asks of its method: a bad flagfile, method or
+    --train_args fails here, not in every cell (seeds too: an --external_pool path may
+    hold {seed})."""
+    from tsynd_tf import synthesis  # imports TensorFlow: after the sweep's own flags
+
+    parse_args("train_args", train_args, train_config.define_flags)
+    for path, method, seed in itertools.product(configs, methods, range(num_seeds)):
+        values = flags.FlagValues()
+        train_config.define_flags(values)
+        try:
+            values(["train", f"--flagfile={path}", f"--method={method}", f"--seed={seed}",
+                    *train_args])
+            synthesis.check_config(train_config.from_flags(values))
+        except (flags.Error, train_config.ConfigError) as e:
+            raise cli.UsageError(f"the cells of {path} with --method={method}, seed {seed} "
+                                 f"(and --train_args) would fail: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +239,19 @@ class CellSettings:
     threads: int  # intra-op threads of each of the cell's processes
     cwd: str  # the sweep process's working directory: relative paths resolve from it
     sweep_command: str  # recorded in every result line
+
+
+def hold_log(log, name: str) -> None:
+    """An exclusive flock on the cell's open log for as long as it runs. Two sweep processes
+    on one sweep folder would otherwise both run the cell (the second's train is refused by
+    the run's lock) into one log, their lines interleaved; the second is told instead."""
+    import fcntl
+
+    try:
+        fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(f"{name}: another sweep process is running this cell (it holds "
+                           f"{log.name}); not run twice.") from None
 
 
 def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
@@ -201,6 +277,7 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
         steps["evaluate"].append(f"--flagfile={grid_flagfile(config)}")
     seconds, started = {}, utc_now()
     with open(log_path, "a") as log:
+        hold_log(log, name)
         for step, command in steps.items():
             start = time.time()
             log.write(f"\n$ {' '.join(command)}\n")
@@ -266,12 +343,12 @@ def main(argv):
     if FLAGS.workers < 1 or FLAGS.num_seeds < 1:
         raise cli.UsageError("--workers and --num_seeds must be >= 1.")
     rerun_before = parse_rerun_before(FLAGS.rerun_before)
-    why = unwritable(FLAGS.sweep_dir)
-    if why:
-        raise cli.UsageError(f"--sweep_dir: {why}; pass a folder you can write.")
+    check_output("--sweep_dir", FLAGS.sweep_dir)
     launcher = make_launcher()
     eval_args, train_args = split_args("eval_args"), split_args("train_args")
-    check_cells(FLAGS.configs, FLAGS.methods, train_args)
+    check_grid(FLAGS.configs, FLAGS.methods)
+    check_eval_args(FLAGS.configs, eval_args)
+    check_cells(FLAGS.configs, FLAGS.methods, train_args, FLAGS.num_seeds)
     sweep = SweepDir(FLAGS.sweep_dir)
     sweep.path.mkdir(parents=True, exist_ok=True)
     done = finished_cells(sweep.results_file, rerun_before)

@@ -14,12 +14,13 @@ Exit codes are `tsynd_tf.cli`'s: 2 when the run directory, its data or a flag is
 the version exists already.
 """
 
+import math
+from pathlib import Path
+
 from absl import flags
 
-import math
-
 from tsynd_tf import cli, serving
-from tsynd_tf.fileio import unwritable
+from tsynd_tf.fileio import check_output
 
 flags.DEFINE_string("run_dir", None, "Training run folder holding config.json and "
                     "classifier.keras.")
@@ -60,19 +61,20 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    why = unwritable(FLAGS.export_dir)
-    if why:
-        raise cli.UsageError(f"--export_dir: {why}; pass a folder you can write.")
+    check_output("--export_dir", FLAGS.export_dir)
+    run_path = Path(FLAGS.run_dir).expanduser().resolve()
+    name = FLAGS.name or run_path.name
+    check_output("--name", Path(FLAGS.export_dir).expanduser() / name,
+                 fix="pass another --name or --export_dir")
     from tsynd_tf import runs
 
     run = runs.load_run(FLAGS.run_dir)  # RunDirError: cli reports it, exit 2
     num_samples = FLAGS.num_samples or run.config.num_samples
-    run_path = run.directory.path.resolve()
     try:
         dataset = run.load_dataset()
         path = serving.export_trained(
             run.classifier, dataset, run.labelled(dataset), num_samples, FLAGS.export_dir,
-            name=FLAGS.name or run_path.name, version=FLAGS.version,
+            name=name, version=FLAGS.version,
             mi_threshold=FLAGS.mi_threshold, refer_fraction=FLAGS.refer_fraction,
             ood_threshold=FLAGS.ood_threshold, ood_refer_fraction=FLAGS.ood_refer_fraction,
             batch_size=run.config.eval_batch_size, extra_metadata={"run_dir": str(run_path)})

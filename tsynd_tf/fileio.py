@@ -6,8 +6,8 @@ SavedModel version). The content is written under a hidden temporary name beside
 flushed to disk, made readable by others (0644 files, 0755 folders) and renamed onto the
 target in one step: a crash leaves the old content or the new, never a torn one, and a
 failed block removes its temporary name. A folder's temporary name names its writer, so
-`remove_abandoned_directories` can clear what a killed one left. `unwritable` is the check
-the commands make of their output flags before they start.
+`remove_abandoned_directories` can clear what a killed one left. `check_output` (with its
+reason, `unwritable`) is the check every command makes of every output flag before it starts.
 """
 
 from __future__ import annotations
@@ -120,6 +120,15 @@ def unwritable(path: str | Path, directory: bool = True) -> str | None:
     written when its nearest existing parent can: a temporary file made and removed there
     is the test (it holds for root, read-only mounts and ACLs alike)."""
     path = Path(path).expanduser()
+    try:
+        # stat() on a name longer than the system allows raises (ENAMETOOLONG), and so does
+        # the mkdir of atomic_path or of a run directory: refuse it here, with its reason.
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if not isinstance(e, NotADirectoryError):
+            return f"{path} cannot be used ({e.strerror or e})"
     if path.exists() and path.is_dir() != directory:
         return f"{path} is {'not ' if directory else ''}a folder"
     existing = path if directory else path.parent
@@ -134,6 +143,18 @@ def unwritable(path: str | Path, directory: bool = True) -> str | None:
     os.close(fd)
     os.remove(probe)
     return None
+
+
+def check_output(flag: str, path: str | Path, directory: bool = True, fix: str = "") -> None:
+    """The check every command makes of each of its output files and folders before any
+    work: a UsageError (exit 2) naming the flag, why and `fix` (default: pass a folder, or
+    file, you can write) when `unwritable` finds a reason."""
+    from tsynd_tf import cli  # absl only; fileio itself stays free of the command layer
+
+    why = unwritable(path, directory)
+    if why:
+        fix = fix or f"pass a {'folder' if directory else 'file'} you can write"
+        raise cli.UsageError(f"{flag}: {why}; {fix}.")
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -3,6 +3,8 @@ classifiers (a small CNN, the default, and ResNet-18 for comparison with MedMNIS
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -33,9 +35,19 @@ class MCDropout(layers.Dropout):
     drawn seed: each replica gets its own masks, and the state advances as before (one draw
     per call), so checkpoints and resumes are unchanged. One replica (no strategy, or one
     device) takes Keras' own path, bitwise as before.
+
+    Inside `shared_masks(model, T)` the layer takes a batch of T passes tiled pass-major
+    (`uncertainty.mc_logits`) and draws ONE mask per pass, shared by every image of the
+    call, from its seed state as it is (not advanced): an image then gets the same answer
+    whatever else is in the batch and in whichever call (predict, the SavedModel and
+    evaluate; saved_models/README.md).
     """
 
+    _passes = None  # T inside shared_masks(); None: one mask per row (Keras' dropout)
+
     def call(self, inputs, training=None):
+        if self._passes is not None and self.rate > 0:
+            return self._shared_dropout(inputs)
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1 or self.rate == 0:
             return super().call(inputs, training=True)
@@ -48,6 +60,33 @@ class MCDropout(layers.Dropout):
             for i, size in enumerate(self.noise_shape)]
         return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed,
                                                     noise_shape=noise_shape)
+
+    def _shared_dropout(self, inputs):
+        """Dropout with one mask per pass: (T*B, ...) seen as (T, B, ...), noise (T, 1, ...).
+        The seed is the state's value, read without advancing it: the masks are a function
+        of the state alone (evaluation.seeded_dropout sets it; an export saves it)."""
+        shape = tf.shape(inputs)
+        per_pass = tf.reshape(inputs, tf.concat([[self._passes, -1], shape[1:]], 0))
+        seed = tf.cast(tf.math.floormod(tf.convert_to_tensor(self.seed_generator.state.value),
+                                        tf.int32.max - 1), tf.int32)
+        dropped = tf.nn.experimental.stateless_dropout(
+            per_pass, self.rate, seed, noise_shape=tf.concat([[self._passes, 1], shape[1:]], 0))
+        return tf.reshape(dropped, shape)
+
+
+@contextlib.contextmanager
+def shared_masks(model: keras.Model, num_passes: int | None):
+    """Within the block (a call, or the trace of a call, of `model` on T tiled passes) every
+    MCDropout layer of `model` draws one mask per pass, shared across the batch. With
+    num_passes None the block changes nothing: one mask per row, as Keras draws them."""
+    dropouts = [layer for layer in model._flatten_layers() if isinstance(layer, MCDropout)]
+    for layer in dropouts:
+        object.__setattr__(layer, "_passes", num_passes)  # untracked: a mode, not state
+    try:
+        yield
+    finally:
+        for layer in dropouts:
+            object.__setattr__(layer, "_passes", None)
 
 
 def num_downsamplings(size: int) -> int:

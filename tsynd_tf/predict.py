@@ -41,7 +41,7 @@ from typing import NamedTuple
 from absl import flags
 
 from tsynd_tf import cli
-from tsynd_tf.fileio import atomic_path, unwritable
+from tsynd_tf.fileio import atomic_path, check_output
 
 flags.DEFINE_string("model", None, "Exported model: saved_models/<name>/<version> (or "
                     "saved_models/<name>, meaning its highest version).")
@@ -109,7 +109,7 @@ def load_model(path):
     except Exception as err:  # noqa: BLE001
         raise ModelError(f"{model_dir} has a 'metadata' signature without tsynd_tf metadata "
                          f"({err!r}).") from err
-    from tsynd_tf.serving import FORMAT, FORMAT_VERSION
+    from tsynd_tf.serving import FORMAT, FORMAT_CHANGES, FORMAT_VERSION
 
     if metadata.get("format") != FORMAT or metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"{model_dir} metadata has format {metadata.get('format')!r} "
@@ -117,7 +117,9 @@ def load_model(path):
                          f"{FORMAT!r} up to version {FORMAT_VERSION}.")
     if metadata["format_version"] < FORMAT_VERSION:
         raise ModelError(f"{model_dir} was exported by an older tsynd_tf (format version "
-                         f"{metadata['format_version']}), without the ood_score output: "
+                         f"{metadata['format_version']}), without " + ", ".join(
+                             change for version, change in FORMAT_CHANGES.items()
+                             if version > metadata["format_version"]) + ": "
                          "export its run again (python -m tsynd_tf.export --run_dir="
                          f"{metadata.get('run_dir', '<its run directory>')}).")
     serve = signatures["serving_default"]
@@ -322,10 +324,8 @@ def _check_flags(arguments) -> None:
             output_format(FLAGS.output)
         except ValueError as err:
             raise cli.UsageError(str(err)) from None
-        why = unwritable(FLAGS.output, directory=False)
-        if why:
-            raise cli.UsageError(f"--output: {why}; name a .csv or .json file in a folder "
-                                 "you can write.")
+        check_output("--output", FLAGS.output, directory=False,
+                     fix="name a .csv or .json file in a folder you can write")
 
 
 def _print_summary(result: Summary, thresholds: Thresholds, num_samples: int,

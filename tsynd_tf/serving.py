@@ -45,7 +45,9 @@ from tsynd_tf.fileio import atomic_directory, read_json, remove_abandoned_direct
 log = logging.getLogger(__name__)
 
 FORMAT = "tsynd-tf-classifier"
-FORMAT_VERSION = 2  # 2: the ood_score output and ood_threshold
+# 2: the ood_score output and ood_threshold; 3: MC masks shared across the batch (MASK_SEED)
+FORMAT_VERSION = 3
+FORMAT_CHANGES = {2: "the ood_score output", 3: "one answer per image whatever the batch"}
 METADATA_FILE = "tsynd_metadata.json"  # in <version>/assets.extra/
 SERVING_SIGNATURE = "serving_default"
 METADATA_SIGNATURE = "metadata"
@@ -54,6 +56,11 @@ DEFAULT_REFER_FRACTION = 0.05
 # On PneumoniaMNIST it refers 1.1-1.4% of the test images, and every solid-colour, noise
 # and colour-gradient image (tsynd_tf/ood.py).
 DEFAULT_OOD_REFER_FRACTION = 0.01
+# The served MC-dropout masks: T masks, one per pass, shared by every image of every call
+# (uncertainty.mc_logits' shared_masks), drawn from this seed as evaluation.seeded_dropout
+# draws them. `evaluate --seed=0` (its default) therefore scores each image exactly as the
+# export answers for it; the MI threshold is chosen with these masks too.
+MASK_SEED = 0
 
 
 class ExportError(ValueError):
@@ -81,11 +88,14 @@ def choose_mi_threshold(classifier, val_images: np.ndarray, info, num_samples: i
     Returns (threshold, stats): how the rule fared on the validation images.
     """
     from tsynd_tf.data import make_pipeline
+    from tsynd_tf.evaluation import seeded_dropout
     from tsynd_tf.uncertainty import mc_predict
 
     _check_validation(val_images, refer_fraction, "refer_fraction", "mi_threshold")
     dataset = make_pipeline(val_images, None, batch_size, channels=info.channels)
-    measures = mc_predict(classifier, dataset, num_samples, info.multilabel)
+    with seeded_dropout(classifier, MASK_SEED):  # the masks that are served
+        measures = mc_predict(classifier, dataset, num_samples, info.multilabel,
+                              shared_masks=True)
     mi = measures["mutual_information"]
     threshold = upper_quantile(mi, refer_fraction)
     referred = mi > threshold
@@ -194,6 +204,8 @@ def build_metadata(classifier, info, num_samples: int, mi_threshold: float,
         "size": int(info.size),
         "channels": int(info.channels),
         "num_samples": int(num_samples),
+        "mc_masks": {"seed": MASK_SEED, "rule": "one dropout mask per pass, shared by every "
+                     "image of every call: an image gets one answer whatever the batch"},
         "mi_threshold": float(mi_threshold),
         "threshold_rule": threshold_rule or {"rule": "given explicitly"},
         "ood_threshold": float(ood_threshold),
@@ -251,8 +263,8 @@ def _archive(classifier, info, num_samples: int, mi_threshold: float, ood_score,
 
     def serve(images):
         x = tf.cast(images, tf.float32) / 255.0
-        measures = uncertainty_from_logits(mc_logits(classifier, x, num_samples),
-                                           info.multilabel)
+        measures = uncertainty_from_logits(
+            mc_logits(classifier, x, num_samples, shared_masks=True), info.multilabel)
         probs = measures["probs"]
         mi = measures["mutual_information"]
         ood = ood_score(x)
@@ -320,8 +332,10 @@ def export_classifier(classifier, info, num_samples: int, mi_threshold: float,
     metadata_json = json.dumps(metadata, indent=2)
     archive = _archive(classifier, info, num_samples, mi_threshold, ood_score, ood_threshold,
                        metadata_json)
-    try:
-        with atomic_directory(target) as tmp:
+    from tsynd_tf.evaluation import seeded_dropout
+
+    try:  # the dropout state saved with the model, which the served masks are drawn from
+        with atomic_directory(target) as tmp, seeded_dropout(classifier, MASK_SEED):
             archive.write_out(str(tmp), verbose=False)
             (tmp / "assets.extra").mkdir(exist_ok=True)
             (tmp / "assets.extra" / METADATA_FILE).write_text(metadata_json + "\n")

@@ -20,7 +20,8 @@ from pathlib import Path
 from absl import flags
 
 from tsynd_tf import cli, config
-from tsynd_tf.fileio import unwritable
+from tsynd_tf import cache
+from tsynd_tf.fileio import check_output
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,11 @@ def config_from_flags() -> config.TrainConfig:
     if not settings.output_dir:
         settings = dataclasses.replace(settings,
                                        output_dir=os.path.join("runs", settings.run_name()))
-    for name, fix in (("output_dir", ""), ("export_dir", " (or '' to skip the export)")):
-        why = getattr(settings, name) and unwritable(getattr(settings, name))
-        if why:
-            raise cli.UsageError(f"--{name}: {why}; pass a folder you can write{fix}.")
+    check_output("--output_dir", settings.output_dir)
+    if settings.export_dir:
+        check_output("--export_dir", settings.export_dir,
+                     fix="pass a folder you can write (or '' to skip the export)")
+    check_output(cache.root_source(settings.cache_dir), cache.root(settings.cache_dir))
     return settings
 
 

@@ -10,7 +10,10 @@ from logits in float32 with log-sum-exp, so it is finite and differentiable (the
 ascent takes its gradient) even when a probability underflows to 0.
 
 `mc_predict` is the one batched MC-dropout predictor over a set of images; training,
-serving, evaluation (`evaluation.MCPredictor`) and the report all call it.
+serving, evaluation (`evaluation.MCPredictor`) and the report all call it. Masks come in two
+schemes (`mc_logits`): one per image row, as Keras draws them (training), or one per pass
+shared across the batch, so that an image gets one answer whatever its batch (evaluation,
+the SavedModel and predict; saved_models/README.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from tsynd_tf import models
 
 tfd = tfp.distributions
 
@@ -41,16 +46,22 @@ def images_per_call(batch_size: int, image_shape, num_samples: int) -> int:
     return max(1, min(batch_size, MAX_VALUES_PER_CALL // values_per_image))
 
 
-def mc_logits(classifier, images: tf.Tensor, num_samples: int) -> tf.Tensor:
+def mc_logits(classifier, images: tf.Tensor, num_samples: int,
+              shared_masks: bool = False) -> tf.Tensor:
     """(T, B, K) float32 logits from T stochastic passes run as ONE batched call.
 
-    The batch is tiled T times: one call on T*B images is 2-3x faster on CPU than T calls,
-    and MC dropout draws an independent mask for every row. BatchNorm runs in inference mode
-    (training=False); dropout stays stochastic because the classifier's dropout layers force it.
+    The batch is tiled T times: one call on T*B images is 2-3x faster on CPU than T calls.
+    BatchNorm runs in inference mode (training=False); dropout stays stochastic because the
+    classifier's dropout layers force it. By default MC dropout draws an independent mask
+    for every row, advancing the dropout state (training: the latent ascent, guidance,
+    validation). With `shared_masks` pass t uses one mask for all images, a function of the
+    dropout state, which is left as it is (models.MCDropout): an image's answer does not
+    depend on the rest of the batch nor on the call (evaluation, serving, predict).
     """
     batch = tf.shape(images)[0]
     tiled = tf.tile(images, [num_samples, 1, 1, 1])
-    logits = tf.cast(classifier(tiled, training=False), tf.float32)
+    with models.shared_masks(classifier, num_samples if shared_masks else None):
+        logits = tf.cast(classifier(tiled, training=False), tf.float32)
     return tf.reshape(logits, [num_samples, batch, -1])
 
 
@@ -100,15 +111,17 @@ def objective_from_logits(logits: tf.Tensor, objective: str, multilabel: bool) -
 _compiled_steps = weakref.WeakKeyDictionary()
 
 
-def _mc_step(classifier, num_samples: int, multilabel: bool, image_shape=None):
+def _mc_step(classifier, num_samples: int, multilabel: bool, image_shape=None,
+             shared_masks: bool = False):
     """One traced function per classifier and setting, reused across calls: traced per batch
     shape (reduce_retracing), or with `image_shape` once for every batch size."""
     steps = _compiled_steps.setdefault(classifier, {})
-    key = (num_samples, multilabel, None if image_shape is None else tuple(image_shape))
+    key = (num_samples, multilabel, None if image_shape is None else tuple(image_shape),
+           shared_masks)
     if key not in steps:
         def step(images):
-            return uncertainty_from_logits(mc_logits(classifier, images, num_samples),
-                                           multilabel)
+            return uncertainty_from_logits(
+                mc_logits(classifier, images, num_samples, shared_masks), multilabel)
 
         if image_shape is None:
             steps[key] = tf.function(step, reduce_retracing=True)
@@ -133,7 +146,8 @@ def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def mc_predict(classifier, dataset: tf.data.Dataset, num_samples: int,
-               multilabel: bool = False, *, image_shape=None) -> dict:
+               multilabel: bool = False, *, image_shape=None,
+               shared_masks: bool = False) -> dict:
     """MC-dropout predictions over a set of images, batch by batch: the one implementation
     (training's validation, serving's threshold, evaluation.MCPredictor and the report).
 
@@ -143,14 +157,15 @@ def mc_predict(classifier, dataset: tf.data.Dataset, num_samples: int,
     where it is larger than `images_per_call` allows. Returns the measures of every image,
     concatenated: {'probs' (N, K), 'predictive_entropy', 'expected_entropy',
     'mutual_information' (N,)}. The masks come from the classifier's dropout RNG as it is:
-    wrap the call in evaluation.seeded_dropout for reproducible numbers.
+    wrap the call in evaluation.seeded_dropout for reproducible numbers. `shared_masks`:
+    see mc_logits (one answer per image, whatever the batch; evaluation and serving).
 
     `image_shape` (H, W, C) traces one graph for batches of any size instead of one per
     batch shape. The two differ in the last float bit (with the batch size known, TensorFlow
     picks other CPU kernels); evaluation passes it, training does not, and each keeps the
     numbers it has always given.
     """
-    step = _mc_step(classifier, num_samples, multilabel, image_shape)
+    step = _mc_step(classifier, num_samples, multilabel, image_shape, shared_masks)
     if isinstance(dataset, tf.data.Dataset):
         dataset = without_autotuning(dataset)
     outputs = {}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from tsynd_tf.data.core import DataError
+
+log = logging.getLogger(__name__)
 
 
 def subset_size(n: int, fraction: float | None = None, count: int | None = None) -> int:
@@ -42,7 +46,7 @@ def subsample_indices(targets: np.ndarray, fraction: float | None = None,
             positives = np.flatnonzero(targets[:, label] > 0)
             if len(positives) and not any(i in chosen for i in positives):
                 chosen.add(int(rng.choice(positives)))
-        return np.array(sorted(chosen), dtype=np.int64)
+        return _said_if_larger(np.array(sorted(chosen), dtype=np.int64), size, "label")
 
     labels = targets.argmax(axis=1)
     present = np.flatnonzero(np.bincount(labels, minlength=targets.shape[1]))
@@ -54,4 +58,13 @@ def subsample_indices(targets: np.ndarray, fraction: float | None = None,
     per_class = np.clip(per_class, 1, counts)
     chosen = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
               for c, k in zip(present, per_class)]
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
+    return _said_if_larger(np.sort(np.concatenate(chosen)).astype(np.int64), size, "class")
+
+
+def _said_if_larger(indices: np.ndarray, size: int, kind: str) -> np.ndarray:
+    """`indices`, with a warning when keeping every class made them more than asked for:
+    a run asked for 1 image of a 2-class set trains on 2, and its log must say so."""
+    if len(indices) > size:
+        log.warning("The labelled subset holds %d images, not the %d asked for: every %s "
+                    "present keeps at least one image.", len(indices), size, kind)
+    return indices

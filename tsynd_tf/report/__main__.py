@@ -25,6 +25,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from tsynd_tf import cli
+from tsynd_tf.fileio import check_output
 from tsynd_tf.report import page, records
 
 flags.DEFINE_string("sweep_dir", None, "Sweep folder with "
@@ -48,6 +49,17 @@ def main(argv):
     del argv  # cli.run rejects positional arguments
     sweep_dir, output = Path(FLAGS.sweep_dir), Path(FLAGS.output)
     figures_dir = Path(FLAGS.figures_dir) if FLAGS.figures_dir else output.parent / "figures"
+    if not sweep_dir.is_dir():
+        raise cli.UsageError(f"--sweep_dir: {sweep_dir} is not a folder; pass the "
+                             "--sweep_dir of a sweep (python -m tsynd_tf.experiment).")
+    # Before the page is computed (minutes with --model_figures), not when it is written.
+    check_output("--output", output, directory=False,
+                 fix="name a .md file in a folder you can write")
+    check_output("--figures_dir" if FLAGS.figures_dir else "--figures_dir (figures/ beside "
+                 "--output)", figures_dir)
+    check_output("--sweep_dir", records.sweep_folder(sweep_dir).tensorboard,
+                 fix="the report also logs its figures to TensorBoard there; pass a sweep "
+                     "folder you can write")
     logdir = page.write_page(sweep_dir, output, figures_dir, FLAGS.title, FLAGS.model_figures,
                              FLAGS.num_images)
     logging.info("Wrote %s and figures in %s; TensorBoard: %s.", output, figures_dir, logdir)

@@ -17,7 +17,10 @@ import re
 import sys
 from pathlib import Path
 
+import json
+
 import numpy as np
+from absl import logging
 
 from tsynd_tf.fileio import read_json_lines
 from tsynd_tf.report.stats import normalised_area
@@ -55,9 +58,31 @@ def sweep_folder(sweep_dir: Path):
 # ----------------------------------------------------------------------------- records
 
 
+# What the page reads of every cell's line (tsynd_tf.experiment.run_cell writes them all).
+CELL_KEYS = ("cell", "config", "dataset", "train_fraction", "train_count", "method", "seed",
+             "run_dir", "seconds", "training", "metrics")
+
+
 def read_results(results_path: Path) -> list[dict]:
-    """The sweep's records; a cell recorded twice keeps its last."""
-    return list({r["cell"]: r for r in read_json_lines(results_path) if "cell" in r}.values())
+    """The sweep's records; a cell recorded twice keeps its last. A line that parses but
+    lacks what the page reads (edited by hand, or written by another program) is skipped
+    with a warning naming it; a torn one is skipped silently, as the sweep does."""
+    latest = {}
+    lines = Path(results_path).read_text().splitlines() if Path(results_path).exists() else []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or "plan" in record:
+            continue
+        missing = [key for key in CELL_KEYS if key not in record]
+        if missing:
+            logging.warning("%s line %d skipped: it lacks %s (a cell's line has %s).",
+                            results_path, number, ", ".join(missing), ", ".join(CELL_KEYS))
+            continue
+        latest[record["cell"]] = record
+    return list(latest.values())
 
 
 def read_planned_cells(results_path: Path) -> set[tuple[str, str, int]]:
