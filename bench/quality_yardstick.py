@@ -12,8 +12,9 @@ metric is usable for a degradation when it gets worse at every step clean -> mil
 moderate -> severe ("worse": FID, KID and memorisation up; precision, recall and label
 fidelity down; diversity further from 1 in log ratio). The clean test split is measured
 twice: the second row shows the metric's own run-to-run noise (small_cnn's features are MC
-dropout samples). Writes --output (JSON) and a Markdown table beside it; docs/QUALITY.md
-pastes that table. Nothing is asserted.
+dropout samples). --pools adds rows for synthetic pools (e.g. issue 25's GPU-trained DDPM).
+Writes --output (JSON) and a Markdown table beside it; docs/QUALITY.md pastes that table.
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ flags.DEFINE_list("strengths", list(STRENGTHS), f"Of {STRENGTHS}, measured in th
 flags.DEFINE_list("metrics", list(METRICS), f"Of {list(METRICS)}.")
 flags.DEFINE_list("references", ["small_cnn", "wide_cnn", "wide_cnn_multi"],
                   "Reference recipes (tsynd_tf.reference.RECIPES) whose features are compared.")
+flags.DEFINE_list("pools", [], "Synthetic pools measured beside the degradations (one "
+                  "dataset only): .npz files holding `images` uint8 NxHxWx1 and `labels` N.")
 flags.DEFINE_string("data_dir", None, "MedMNIST folder (default $TSYND_DATA_DIR).")
 flags.DEFINE_string("cache_dir", None, "Model cache for the references (default: the user's).")
 flags.DEFINE_integer("seed", 0, "Seed of the noise, the blend partners and the copies.")
@@ -71,6 +74,11 @@ def check_flags(recipes) -> None:
             raise cli.UsageError(f"--{flag} repeats a name: {given}.")
     if [s for s in STRENGTHS if s in FLAGS.strengths] != FLAGS.strengths:
         raise cli.UsageError(f"--strengths must go from mild to severe; got {FLAGS.strengths}.")
+    if FLAGS.pools and len(FLAGS.datasets) != 1:
+        raise cli.UsageError("--pools are of one dataset: give --datasets a single name.")
+    missing = [p for p in FLAGS.pools if not Path(p).is_file()]
+    if missing:
+        raise cli.UsageError(f"--pools: no such file {missing}.")
 
 
 def degrade(kind: str, value, split, train, rng: np.random.Generator):
@@ -136,6 +144,11 @@ def measure_dataset(name: str, recipe: str) -> dict:
             value = DEGRADATIONS[kind][STRENGTHS.index(strength)]
             degraded = degrade(kind, value, dataset.test, dataset.train, rng)
             rows[f"{kind} {strength} ({value:g})"] = keep(meter.measure(degraded))
+    for path in FLAGS.pools:
+        with np.load(path) as pool:
+            targets = np.eye(dataset.info.num_classes, dtype=np.float32)[pool["labels"]]
+            rows[f"pool {Path(path).name}"] = keep(meter.measure(data.Split(
+                pool["images"].reshape(-1, 28, 28, 1), targets)))
     verdicts = {kind: {m: passes(m, [clean[m]] + [
                     rows[f"{kind} {s} ({DEGRADATIONS[kind][STRENGTHS.index(s)]:g})"][m]
                     for s in FLAGS.strengths]) for m in FLAGS.metrics}
@@ -186,7 +199,7 @@ def main(argv):
                for name in FLAGS.datasets}
     machine["seconds"] = round(time.time() - start, 1)
     flags_used = {f: FLAGS[f].value for f in ("datasets", "degradations", "strengths",
-                                               "metrics", "references", "seed")}
+                                               "metrics", "references", "pools", "seed")}
     write_result(Path(FLAGS.output), {"machine": machine, "flags": flags_used,
                                       "degradations": DEGRADATIONS, "results": results},
                  format_tables(results, machine))
