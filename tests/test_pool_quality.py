@@ -25,11 +25,21 @@ def breast(medmnist_dir):
     return data.load_medmnist("breastmnist", 28, str(medmnist_dir), download=False)
 
 
-def test_real_images_score_better_than_noise_in_the_reference_features(tmp_path, breast):
+@pytest.fixture(scope="module")
+def breast_meter(breast, tmp_path_factory):
+    """The default reference, trained into a model cache of this module's own."""
     from tsynd_tf import reference
 
-    meter = reference.PoolQuality(breast, str(tmp_path))
+    cache_dir = str(tmp_path_factory.mktemp("reference_cache"))
+    return reference.PoolQuality(breast, cache_dir), cache_dir
+
+
+def test_real_images_score_better_than_noise_in_the_reference_features(breast, breast_meter):
+    from tsynd_tf import reference
+
+    meter, cache_dir = breast_meter
     assert meter.record["loaded"] is False and meter.record["val_acc"] > 0.7
+    assert meter.record["recipe"] == reference.DEFAULT_RECIPE
     real = meter.measure(breast.test)
     noise = meter.measure(data.Split(
         np.random.default_rng(0).integers(0, 256, breast.test.images.shape, np.uint8),
@@ -38,7 +48,32 @@ def test_real_images_score_better_than_noise_in_the_reference_features(tmp_path,
     assert real["precision"] > 0.5 > noise["precision"]
     assert real["label_fidelity"] > 0.7
     assert 0.5 < real["diversity"] < 1.5  # test images are as diverse as training images
-    assert reference.PoolQuality(breast, str(tmp_path)).record["loaded"] is True  # cached
+    assert meter.measure(breast.test) == real  # the default reference's features are not samples
+    assert reference.PoolQuality(breast, cache_dir).record["loaded"] is True  # cached
+
+
+def test_memorisation_counts_copies_of_training_images_and_few_held_out_ones(breast,
+                                                                             breast_meter):
+    meter, _ = breast_meter
+    copies = meter.measure(breast.train.subset(np.arange(0, len(breast.train), 3)))
+    assert copies["memorisation_pixels"] == copies["memorisation_features"] == 1.0
+    # The threshold is the validation images' 5th percentile: 4 of BreastMNIST's 78.
+    held_out = meter.measure(breast.val)
+    assert held_out["memorisation_pixels"] == held_out["memorisation_features"] == 4 / 78
+    test = meter.measure(breast.test)  # new images too, but not the threshold's own
+    assert test["memorisation_pixels"] < 0.15 and test["memorisation_features"] < 0.15
+    half = meter.measure(data.Split(
+        np.concatenate([breast.train.images[:78], breast.val.images]),
+        np.concatenate([breast.train.targets[:78], breast.val.targets])))
+    assert half["memorisation_pixels"] == pytest.approx((78 + 4) / 156)
+
+
+def test_an_unknown_reference_recipe_is_refused_before_training(breast, tmp_path):
+    from tsynd_tf import reference
+
+    with pytest.raises(ValueError, match="Unknown reference recipe 'vgg'"):
+        reference.PoolQuality(breast, str(tmp_path), recipe="vgg")
+    assert not list(tmp_path.iterdir())
 
 
 def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
@@ -54,10 +89,41 @@ def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
     assert results["quality/fid"] == measured["all"]["fid"] > 0
     assert 0 <= results["quality/precision"] <= 1 and 0 <= results["quality/recall"] <= 1
     assert measured["reference"]["settings"]["dataset"] == "breastmnist"
+    # The labelled images are training images: all memorised, in pixels and in features.
+    assert measured["labelled"]["memorisation_pixels"] == 1.0
+    assert measured["labelled"]["memorisation_features"] == 1.0
+    assert 0 <= results["quality/memorisation_pixels"] <= 1
 
     baseline = dataclasses.replace(config, method="baseline", output_dir=str(tmp_path / "b"))
-    results = training.Trainer(run_parts.assemble(baseline, RunDir(baseline.output_dir))).run()
-    assert "quality/fid" not in results and RunDir(baseline.output_dir).read_quality() is None
+    baseline_results = training.Trainer(
+        run_parts.assemble(baseline, RunDir(baseline.output_dir))).run()
+    assert "quality/fid" not in baseline_results
+    assert RunDir(baseline.output_dir).read_quality() is None
+
+    # The report's quality table: the pools' memorisation from the results, the floor's
+    # (the labelled images, all training images) from quality.json.
+    table = quality_table({"augment": (config, results),
+                           "baseline": (baseline, baseline_results)}, tmp_path)
+    header, augment_row, floor_row = table[0], table[2], table[3]
+    assert header[-2:] == ["memorised (pixels)", "memorised (features)"]
+    assert augment_row[-2] == f"{results['quality/memorisation_pixels']:.4g}"
+    assert floor_row[0].startswith("real labelled") and floor_row[-2:] == ["1", "1"]
+
+
+def quality_table(runs: dict, tmp_path) -> list[list[str]]:
+    """The quality section's table for a config of these runs (method -> config, results),
+    as rows of cells."""
+    from tsynd_tf.report import quality_tables, records
+
+    cells = [{"cell": method, "run_dir": config.output_dir, "dataset": config.dataset,
+              "train_count": config.train_count, "train_fraction": config.train_fraction,
+              "method": method, "seed": 0, "training": results,
+              "metrics": {"auc": results["test/auc"]}}
+             for method, (config, results) in runs.items()]
+    lines = quality_tables.quality_section(
+        [records.Config("breast", cells, tmp_path / "no_sweep")])
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in "\n".join(lines).splitlines() if line.startswith("|")]
 
 
 def test_synthetic_only_training_sees_no_real_training_image(tmp_path, medmnist_dir,

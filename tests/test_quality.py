@@ -50,3 +50,37 @@ def test_on_real_images_a_set_matches_itself_and_not_the_other_class(pneumonia):
     assert quality.precision_recall(normal, normal) == (1.0, 1.0)
     assert abs(quality.kernel_distance(normal, normal)) < \
         0.1 * quality.kernel_distance(normal, pneumonia_features)
+
+
+def test_memorisation_of_a_hand_computed_case():
+    train = np.array([[0.0], [10.0]])
+    held_out = quality.nearest_distances([[1.0], [2.0], [4.0], [5.0]], train)
+    np.testing.assert_array_equal(held_out, [1, 2, 4, 5])
+    threshold = quality.memorisation_threshold(held_out)  # 5% of the way: 1 + 0.15 * (2 - 1)
+    assert threshold == pytest.approx(1.15)
+    # Nearest distances 0, 0.5, 3, 2.5: the exact copy and the near copy count.
+    synthetic = quality.nearest_distances([[0.0], [10.5], [3.0], [7.5]], train)
+    assert quality.memorisation(synthetic, threshold) == 0.5
+    assert quality.memorisation([0.0], 0.0) == 1.0  # a copy counts even at threshold 0
+
+
+def test_nearest_distances_in_chunks_are_the_brute_force_ones(pneumonia):
+    images, train = pneumonia.test.images[:37], pneumonia.train.images[:53]
+    brute = np.sqrt(((images.reshape(37, 1, -1).astype(float)
+                      - train.reshape(1, 53, -1).astype(float)) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(quality.nearest_distances(images, train, chunk=8), brute)
+
+
+def test_pixel_memorisation_of_real_images(pneumonia):
+    """Copies of training images are all memorised; validation images 5% by construction;
+    test images, new draws like the validation ones, about 5%."""
+    train = pneumonia.train.images
+    threshold = quality.memorisation_threshold(
+        quality.nearest_distances(pneumonia.val.images, train))
+    share = lambda images: quality.memorisation(  # noqa: E731
+        quality.nearest_distances(images, train), threshold)
+    assert share(train[::10]) == 1.0
+    assert share(pneumonia.val.images) == pytest.approx(0.05, abs=0.005)
+    assert 0.01 < share(pneumonia.test.images) < 0.12
+    mixed = np.concatenate([train[:300], pneumonia.test.images[:300]])
+    assert 0.5 < share(mixed) < 0.56

@@ -12,6 +12,9 @@ not with published FIDs.
   precision_recall   improved precision and recall, k-NN balls (Kynkaanniemi et al. 2019)
   label_fidelity     share of synthetic images the reference classifier gives their label
   diversity          mean pairwise feature distance within each class, synthetic / real
+  memorisation       share of synthetic points closer to a training point than all but the
+                     closest `quantile` (5%) of held-out real points are (authenticity,
+                     Alaa et al. 2022): ~0.05 for new images, ~1 for copies
 """
 
 from __future__ import annotations
@@ -96,3 +99,29 @@ def diversity(real, real_targets, synthetic, synthetic_targets) -> float:
         if len(r) >= 2 and len(s) >= 2:
             ratios.append(pdist(s).mean() / max(pdist(r).mean(), 1e-12))
     return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def nearest_distances(queries, reference, chunk: int = 1024) -> np.ndarray:
+    """Each query's Euclidean distance to its nearest reference point. Rows may be images of
+    any shape and dtype (flattened); chunked, so 224-px images need no N x M x D memory."""
+    queries = np.asarray(queries).reshape(len(queries), -1)
+    reference = np.asarray(reference).reshape(len(reference), -1)
+    nearest = np.full(len(queries), np.inf)
+    for i in range(0, len(queries), chunk):
+        q = queries[i:i + chunk].astype(np.float64)
+        for j in range(0, len(reference), chunk):
+            d = cdist(q, reference[j:j + chunk].astype(np.float64)).min(axis=1)
+            nearest[i:i + chunk] = np.minimum(nearest[i:i + chunk], d)
+    return nearest
+
+
+def memorisation_threshold(held_out_nearest, quantile: float = 0.05) -> float:
+    """The distance to the training set that only `quantile` of held-out real images are
+    closer than: images drawn from the data distribution, not from the training set."""
+    return float(np.quantile(held_out_nearest, quantile))
+
+
+def memorisation(synthetic_nearest, threshold: float) -> float:
+    """Share of synthetic images at most `threshold` from their nearest training image. At
+    most, not below: an exact copy (distance 0) counts even when the threshold is 0."""
+    return float(np.mean(np.asarray(synthetic_nearest) <= threshold))

@@ -15,7 +15,9 @@ from tsynd_tf.report.stats import paired_test
 from tsynd_tf.report.tables import markdown_table
 
 METRICS = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
-           ("label_fidelity", "label fidelity"), ("diversity", "diversity"))
+           ("label_fidelity", "label fidelity"), ("diversity", "diversity"),
+           ("memorisation_pixels", "memorised (pixels)"),
+           ("memorisation_features", "memorised (features)"))
 
 
 def _mean(values) -> str:
@@ -58,6 +60,8 @@ def quality_section(configs: list[Config]) -> list[str]:
                   "(tsynd_tf/reference.py): in-domain numbers, comparable between the rows, "
                   "not with published FIDs. Lower FID/KID and higher precision, recall and "
                   "label fidelity are closer to the real images; diversity 1 is as diverse "
-                  "as they are.", ""]
+                  "as they are. Memorised: the share of images closer to a training image "
+                  "than 95% of held-out real images are (Alaa et al. 2022), ~0.05 for new "
+                  "images and 1 for copies; n/a for runs measured before it existed.", ""]
     return lines
 
