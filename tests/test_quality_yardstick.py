@@ -1,5 +1,5 @@
 """The quality yardstick's benchmark (bench/quality_yardstick.py): its degradations on real
-images, and its refusal of names it does not know before any work."""
+images (bench/degradations.py), and its refusal of names it does not know before any work."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from tsynd_tf import data
 
 
 def degrade(kind, strength, split, train):
-    from bench import quality_yardstick as bench
+    from bench import degradations as bench
 
     value = bench.DEGRADATIONS[kind][bench.STRENGTHS.index(strength)]
     return bench.degrade(kind, value, split, train, np.random.default_rng(0))
