@@ -76,6 +76,9 @@ def test_every_registry_is_keyed_by_the_configs_names():
 
     assert tuple(synthesis.METHODS) == config.METHODS
     assert models.CLASSIFIERS is config.CLASSIFIERS and distribute.STRATEGIES is config.STRATEGIES
+    from tsynd_tf.synthesis.diffusion_model import SIZES  # "auto" resolves to one of them
+
+    assert ("auto", *SIZES) == config.GENERATOR_SIZES
     for name in config.CLASSIFIERS:  # every name builds
         assert models.build_classifier(name, 28, 1, 2, 0.3).output_shape == (None, 2)
     with pytest.raises(ValueError, match="Unknown classifier"):

@@ -107,6 +107,8 @@ def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
     header, augment_row, floor_row = table[0], table[2], table[3]
     assert header[-2:] == ["memorised (pixels)", "memorised (features)"]
     assert augment_row[-2] == f"{results['quality/memorisation_pixels']:.4g}"
+    # Its gain, paired by seed, in the key an evaluation writes (results.jsonl's metrics).
+    assert augment_row[2] == f"{results['test/auc'] - baseline_results['test/auc']:+.3f} (n=1)"
     assert floor_row[0].startswith("real labelled") and floor_row[-2:] == ["1", "1"]
 
 
@@ -118,7 +120,7 @@ def quality_table(runs: dict, tmp_path) -> list[list[str]]:
     cells = [{"cell": method, "run_dir": config.output_dir, "dataset": config.dataset,
               "train_count": config.train_count, "train_fraction": config.train_fraction,
               "method": method, "seed": 0, "training": results,
-              "metrics": {"auc": results["test/auc"]}}
+              "metrics": {"test/auc": results["test/auc"]}}
              for method, (config, results) in runs.items()]
     lines = quality_tables.quality_section(
         [records.Config("breast", cells, tmp_path / "no_sweep")])

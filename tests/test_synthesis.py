@@ -266,3 +266,37 @@ def test_diffusion_refuses_a_class_without_labelled_images(tmp_path, medmnist_di
     normal_only = parts.real.subset(np.flatnonzero(parts.real.targets.argmax(1) == 0))
     with pytest.raises(data.DataError, match="no image of \\['pneumonia'\\]"):
         parts.method.fit(normal_only, parts.dataset.train)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_each_generator_size_trains_and_samples_on_the_cpu(size, tmp_path, medmnist_dir):
+    """--generator_size: both recipes train a few steps here and sample labelled images; the
+    cache keeps them apart (the recipe is in the key) and the record names the recipe."""
+    from tsynd_tf import run_parts
+    from tsynd_tf.runs import RunDir
+    from tsynd_tf.synthesis import generators
+    from tsynd_tf.synthesis.diffusion import recipe_of
+    from tsynd_tf.synthesis.diffusion_model import SIZES
+
+    config = tiny_config(tmp_path / "run", medmnist_dir, method="diffusion", rounds=1,
+                         generator_steps=2, ddim_steps=2, generator_size=size,
+                         cache_dir=str(tmp_path / "cache"))
+    parts = run_parts.assemble(config, RunDir(tmp_path / "run"))
+    parts.method.fit(parts.real, parts.dataset.train)
+    pool = parts.method.pool(0, parts.classifier, 4)
+    assert pool.images.shape == (4, 28, 28, 1) and pool.images.dtype == np.uint8
+    assert recipe_of(parts.method.generator_record) == SIZES[size]
+    parameters = parts.method.model.network.count_params()
+    assert (parameters > 5_000_000) == (size == "large")  # 8.4M vs 0.53M at 28 px
+    # No GPU here: "auto" is the CPU's size.
+    assert generators.generator_size(dataclasses.replace(config, generator_size="auto")) \
+        == "small"
+
+
+def test_an_unknown_generator_size_exits_2_naming_the_flag(tmp_path):
+    from conftest import run_module
+
+    output = run_module("tsynd_tf.train", "--generator_size=huge",
+                        f"--output_dir={tmp_path / 'run'}", exit_code=2)
+    assert "--generator_size" in output.stderr and "huge" in output.stderr
+    assert not (tmp_path / "run").exists()

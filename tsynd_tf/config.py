@@ -34,6 +34,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RENDERINGS = ("decode", "residual")  # how a moved latent becomes an image (--rendering)
 TRAIN_ON = ("real+synthetic", "synthetic")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+GENERATOR_SIZES = ("auto", "small", "large")  # "auto": large when a GPU is visible
 
 # Settings that may differ between a run and its resumption: they do not change the result
 # (`strategy` says how to train, not what: a checkpoint restores under any strategy).
@@ -112,6 +113,10 @@ class TrainConfig:
     ddim_steps: int = _field(25, "DDIM sampling steps of --method=diffusion.")
     guidance_scale: float = _field(1.0, "Classifier-free guidance w of --method=diffusion: "
                                    "eps = (1 + w) eps(x, y) - w eps(x); 0 = no guidance.")
+    generator_size: str = _field("auto", "Size of the diffusion generator: 'small' (chosen "
+                                 "for 2 CPU cores, docs/PERFORMANCE.md), 'large' (near a "
+                                 "GPU-trained 11M-parameter DDPM: for a GPU), 'auto' = large "
+                                 "when a GPU is visible, else small.", "GENERATOR_SIZES")
     uncertainty_guidance: float = _field(0.1, "Uncertainty guidance of the tsynd_diffusion "
                                          "methods: per guided DDIM step the predicted clean "
                                          "image moves this far (RMS in [0, 1] pixels, times "

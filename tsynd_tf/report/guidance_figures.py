@@ -26,17 +26,16 @@ SEED = 0  # the noise both samplers start from
 
 def guided_and_unguided(run: runs.Run, count: int) -> dict:
     """{'labels', 'unguided', 'guided'}: `count` samples per class, images in [0, 1]."""
-    from tsynd_tf.synthesis.diffusion_model import (DiffusionModel, UncertaintyGuide,
-                                                    build_unet)
+    from tsynd_tf.synthesis.diffusion import recipe_of
+    from tsynd_tf.synthesis.diffusion_model import UncertaintyGuide, build_diffusion
 
     config, info = run.config, run.info
     record = run.directory.read_generator()
     if record is None:
         raise FileNotFoundError(f"{run.directory.generator_file} is missing")
     channels = run.classifier.input_shape[-1]
-    model = DiffusionModel(build_unet(info.size, channels, info.num_classes),
-                           build_unet(info.size, channels, info.num_classes),
-                           info.num_classes, seed=config.seed)
+    model = build_diffusion(info.size, channels, info.num_classes, recipe_of(record),
+                            config.seed)
     model.ema.load_weights(Path(record["entry"]) / "weights.weights.h5")
     labels = np.repeat(np.arange(info.num_classes), count)
     guide = UncertaintyGuide(run.classifier, "mi", config.uncertainty_guidance,

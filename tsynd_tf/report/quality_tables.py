@@ -45,7 +45,8 @@ def quality_section(configs: list[Config]) -> list[str]:
         for method in methods:
             change = "n/a"
             if "baseline" in config.methods:
-                r = paired_test(config.values(method, "auc"), config.values("baseline", "auc"))
+                r = paired_test(config.values(method, "test/auc"),
+                                config.values("baseline", "test/auc"))
                 change = f"{r['mean']:+.3f} (n={r['n']})" if r["n"] else "n/a"
             rows.append([f"`{method}`", _mean(config.values(method, "quality/num_images")
                                                 .values()), change,

@@ -1,7 +1,8 @@
 """`diffusion`: new labelled images from a class-conditional diffusion model.
 
-`fit` trains the model (synthesis/diffusion_model.py) on the labelled images for
---generator_steps batches of --batch_size, once per (labelled subset, settings): the trained
+`fit` trains the model (synthesis/diffusion_model.py; its recipe is
+diffusion_model.SIZES[--generator_size]) on the labelled images for --generator_steps
+batches of --batch_size, once per (labelled subset, settings): the trained
 EMA weights go to the model cache (tsynd_tf.cache, --cache_dir), where a resumed run, another
 method sampling the same model, or another run of a sweep finds them. Each round samples n
 images by DDIM (--ddim_steps) with classifier-free guidance (--guidance_scale); their labels
@@ -18,30 +19,41 @@ from tsynd_tf import data
 from tsynd_tf.data.pipeline import to_uint8
 from tsynd_tf.synthesis import generators
 from tsynd_tf.synthesis.base import Pool, SynthesisMethod
-from tsynd_tf.synthesis.diffusion_model import DiffusionModel, build_unet
+from tsynd_tf.synthesis.diffusion_model import SIZES, Recipe, build_diffusion
 
 GENERATOR = "diffusion"
 # Bumped when the network or its training changes: cached models of an older version are
-# not reused.
-DIFFUSION_VERSION = 1
+# not reused. 2: recipes (SIZES), v-prediction, EMA start.
+DIFFUSION_VERSION = 2
+
+
+def recipe_of(record: dict) -> Recipe:
+    """The recipe a cached generator's record names (version 1 records name none: theirs
+    is Recipe's defaults)."""
+    recorded = record["settings"].get("recipe", {})
+    return Recipe(**{**recorded, **({"widths": tuple(recorded["widths"])}
+                                    if "widths" in recorded else {})})
 
 
 class Diffusion(SynthesisMethod):
-    def __init__(self, context):
+    def __init__(self, context, recipe: Recipe | None = None):
+        """`recipe`: SIZES[--generator_size] unless given (bench.diffusion_recipes tries
+        others)."""
         super().__init__(context)
         info, channels = context.info, context.val_images.shape[-1]
-        self.model = DiffusionModel(build_unet(info.size, channels, info.num_classes),
-                                    build_unet(info.size, channels, info.num_classes),
-                                    info.num_classes, seed=self.config.seed)
+        recipe = recipe or SIZES[generators.generator_size(self.config)]
+        self.model = build_diffusion(info.size, channels, info.num_classes, recipe,
+                                     self.config.seed)
         self.model.compile(optimizer=keras.optimizers.Adam(self.config.generator_learning_rate),
                            jit_compile=self.config.jit_compile)
 
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
         self.labelled = labelled
         generators.require_every_class(self.context, labelled)
-        self.generator_record = generators.fetch(
-            self.context, generators.generator_entry(self.context, GENERATOR, DIFFUSION_VERSION),
-            self.model.ema, lambda: self.train(labelled))
+        entry = generators.generator_entry(self.context, GENERATOR, DIFFUSION_VERSION,
+                                           recipe=self.model.recipe.settings())
+        self.generator_record = generators.fetch(self.context, entry, self.model.ema,
+                                                 lambda: self.train(labelled))
 
     def train(self, labelled: data.Split) -> None:
         """--generator_steps batches of the labelled images (bench.generators times it)."""

@@ -1,14 +1,20 @@
 """A small class-conditional diffusion model in Keras 3: U-Net, training step, DDIM sampler.
 
-  network    a U-Net predicting the noise eps in x_t, conditioned on the noise level (a
-             sinusoidal embedding of t) and the class (an embedding with one extra "no
-             class" row, for classifier-free guidance). Residual blocks with GroupNorm and
-             swish; one down/up level per halving down to 7-8 px, skip connections.
+  network    a U-Net predicting the noise eps in x_t (or v, below), conditioned on the noise
+             level (a sinusoidal embedding of t) and the class (an embedding with one extra
+             "no class" row, for classifier-free guidance). Residual blocks with GroupNorm,
+             swish and optional dropout; one down/up level per halving down to 7-8 px (at
+             most len(widths) - 1), skip connections, optional self-attention at the lowest
+             resolution. A Recipe names all of it; SIZES holds the ones the flag
+             --generator_size chooses.
   schedule   cosine (Nichol & Dhariwal 2021): alpha_bar(t) = cos^2((t + s) / (1 + s) * pi/2),
              t in [0, 1], s = 0.008; images are scaled to [-1, 1].
   training   DiffusionModel.train_step: t ~ U(0, 1), x_t = sqrt(ab) x + sqrt(1 - ab) eps, the
-             label replaced by "no class" with probability LABEL_DROPOUT, MSE on eps; an EMA
-             copy of the weights (decay EMA_DECAY) is what samples.
+             label replaced by "no class" with probability LABEL_DROPOUT, MSE on the
+             prediction target: eps, or v = sqrt(ab) eps - sqrt(1 - ab) x (Salimans & Ho
+             2022), whose scale does not blow up x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) at
+             the noisiest levels. An EMA copy of the weights (recipe.ema_decay, a plain copy
+             before step recipe.ema_start) is what samples.
   sampling   DDIM (eta = 0, Song et al. 2021) over `steps` evenly spaced levels, with
              classifier-free guidance eps = (1 + w) eps(x, y) - w eps(x, none) (Ho & Salimans
              2022); one batched call holds the conditional and unconditional halves.
@@ -33,6 +39,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -44,7 +51,38 @@ from tsynd_tf import uncertainty
 from tsynd_tf.models import num_downsamplings
 from tsynd_tf.synthesis.generators import gradient_scale, sample_in_batches, update_ema
 
-LABEL_DROPOUT, EMA_DECAY, COSINE_OFFSET = 0.1, 0.995, 0.008
+LABEL_DROPOUT, COSINE_OFFSET = 0.1, 0.008
+PREDICTIONS = ("eps", "v")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The network and its training, apart from what flags set (steps, batch size,
+    learning rate, DDIM steps, classifier-free guidance). Recorded in the cache key."""
+    widths: tuple[int, ...] = (32, 64, 64)  # per level; the first is the full resolution's
+    blocks: int = 1  # residual blocks per level
+    attention: bool = False  # self-attention at the lowest resolution
+    dropout: float = 0.0  # inside each residual block
+    prediction: str = "eps"  # what the network predicts: "eps" or "v"
+    ema_decay: float = 0.995
+    ema_start: int = 0  # steps before which the EMA copy equals the weights
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"Unknown prediction {self.prediction!r}; one of {PREDICTIONS}.")
+
+    def settings(self) -> dict:
+        """As the cache records it (JSON: widths a list), so a record matches its key."""
+        return {**dataclasses.asdict(self), "widths": list(self.widths)}
+
+
+# --generator_size: "small" for CPUs (docs/PERFORMANCE.md has the search that chose it);
+# "large" is near issue 26's GPU-trained DDPM (../shared/data/external_pools/README.md).
+SIZES = {
+    "small": Recipe(),
+    "large": Recipe(widths=(64, 128, 256), blocks=2, attention=True, dropout=0.1,
+                    prediction="eps", ema_decay=0.999, ema_start=200),
+}
 
 
 def alpha_bar(t: tf.Tensor) -> tf.Tensor:
@@ -74,19 +112,38 @@ def _groups(width: int) -> int:
     return 8 if width % 8 == 0 else 1
 
 
-def _residual_block(x, embedding, width: int):
+def _residual_block(x, embedding, width: int, dropout: float):
     skip = x if x.shape[-1] == width else layers.Conv2D(width, 1)(x)
     h = layers.Activation("swish")(layers.GroupNormalization(_groups(x.shape[-1]))(x))
     h = layers.Conv2D(width, 3, padding="same")(h)
     h = h + layers.Reshape((1, 1, width))(layers.Dense(width)(embedding))
     h = layers.Activation("swish")(layers.GroupNormalization(_groups(width))(h))
+    if dropout:
+        h = layers.Dropout(dropout)(h)
     h = layers.Conv2D(width, 3, padding="same")(h)
     return h + skip
 
 
-def build_unet(size: int, channels: int, num_classes: int, widths=(32, 64, 64),
+def _attention_block(x, heads: int = 4):
+    """Pre-norm multi-head self-attention over the map's positions, added to x."""
+    height, width, channels = x.shape[1:]
+    h = layers.GroupNormalization(_groups(channels))(x)
+    h = layers.Reshape((height * width, channels))(h)
+    h = layers.MultiHeadAttention(heads, channels // heads)(h, h)
+    return x + layers.Reshape((height, width, channels))(h)
+
+
+def _level(x, embedding, width: int, recipe: Recipe, lowest: bool):
+    for _ in range(recipe.blocks):
+        x = _residual_block(x, embedding, width, recipe.dropout)
+    return _attention_block(x) if lowest and recipe.attention else x
+
+
+def build_unet(size: int, channels: int, num_classes: int, recipe: Recipe,
                embedding_dim: int = 64) -> keras.Model:
-    """eps_hat = unet([x_t, t, label]); label == num_classes means "no class"."""
+    """prediction = unet([x_t, t, label]) (eps or v, recipe.prediction); label ==
+    num_classes means "no class"."""
+    widths = recipe.widths
     levels = min(num_downsamplings(size), len(widths) - 1)
     image = keras.Input((size, size, channels), name="noisy_image")
     t = keras.Input((), name="noise_level")
@@ -98,7 +155,7 @@ def build_unet(size: int, channels: int, num_classes: int, widths=(32, 64, 64),
     x = layers.Conv2D(widths[0], 3, padding="same")(image)
     skips = []
     for level in range(levels + 1):
-        x = _residual_block(x, embedding, widths[level])
+        x = _level(x, embedding, widths[level], recipe, lowest=level == levels)
         skips.append(x)
         if level < levels:
             x = layers.Conv2D(widths[level + 1], 3, strides=2, padding="same")(x)
@@ -106,19 +163,29 @@ def build_unet(size: int, channels: int, num_classes: int, widths=(32, 64, 64),
         if level < levels:
             x = layers.UpSampling2D(2, interpolation="nearest")(x)
         x = layers.Concatenate()([x, skips[level]])
-        x = _residual_block(x, embedding, widths[level])
+        x = _level(x, embedding, widths[level], recipe, lowest=level == levels)
     x = layers.Activation("swish")(layers.GroupNormalization(_groups(widths[0]))(x))
-    eps = layers.Conv2D(channels, 3, padding="same", dtype="float32", name="noise")(x)
-    return keras.Model([image, t, label], eps, name="diffusion_unet")
+    prediction = layers.Conv2D(channels, 3, padding="same", dtype="float32",
+                               name="prediction")(x)
+    return keras.Model([image, t, label], prediction, name="diffusion_unet")
+
+
+def build_diffusion(size: int, channels: int, num_classes: int, recipe: Recipe,
+                    seed: int) -> DiffusionModel:
+    """The training network and its EMA copy (which samples) of one recipe."""
+    return DiffusionModel(build_unet(size, channels, num_classes, recipe),
+                          build_unet(size, channels, num_classes, recipe), num_classes,
+                          recipe, seed)
 
 
 class DiffusionModel(keras.Model):
-    """Trains `network` to predict noise; `ema` (same architecture) samples."""
+    """Trains `network` to predict noise (or v); `ema` (same architecture) samples."""
 
     def __init__(self, network: keras.Model, ema: keras.Model, num_classes: int,
-                 seed: int = 0, **kwargs):
+                 recipe: Recipe, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.network, self.ema, self.num_classes = network, ema, num_classes
+        self.recipe = recipe
         self.ema.set_weights(network.get_weights())
         self.generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -140,15 +207,20 @@ class DiffusionModel(keras.Model):
         labels = tf.where(keep, tf.argmax(targets, -1, output_type=tf.int32), self.num_classes)
         signal = tf.reshape(alpha_bar(t), [-1, 1, 1, 1])
         noisy = tf.sqrt(signal) * x + tf.sqrt(1.0 - signal) * noise
+        target = (noise if self.recipe.prediction == "eps" else
+                  tf.sqrt(signal) * noise - tf.sqrt(1.0 - signal) * x)
         with tf.GradientTape() as tape:
             predicted = self.network([noisy, t, labels], training=True)
-            loss = tf.reduce_mean(tf.square(tf.cast(predicted, tf.float32) - noise))
+            loss = tf.reduce_mean(tf.square(tf.cast(predicted, tf.float32) - target))
             # Under mixed_float16 compile() wraps the optimizer in a LossScaleOptimizer: the
             # loss must be scaled on the tape (apply_gradients unscales); float32: unchanged.
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, self.network.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.network.trainable_variables))
-        update_ema(self.ema, self.network, EMA_DECAY)
+        # self.optimizer.iterations counts the step just applied.
+        started = self.optimizer.iterations > self.recipe.ema_start
+        update_ema(self.ema, self.network,
+                   tf.where(started, self.recipe.ema_decay, 0.0))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -171,19 +243,31 @@ class DiffusionModel(keras.Model):
         levels = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
         unconditional = tf.fill([n], self.num_classes)
         for index, (t, t_next) in enumerate(zip(levels[:-1], levels[1:])):
-            predicted_noise = self._guided(noisy_images, tf.constant(t), labels, unconditional,
-                                           tf.constant(guidance))
+            prediction = self._guided(noisy_images, tf.constant(t), labels, unconditional,
+                                      tf.constant(guidance))
             signal, signal_next = alpha_bar(t), alpha_bar(tf.constant(t_next))
-            predicted_images = tf.clip_by_value(
-                (noisy_images - tf.sqrt(1 - signal) * predicted_noise) / tf.sqrt(signal), -1, 1)
+            predicted_noise, predicted_images = self._noise_and_images(noisy_images,
+                                                                       prediction, signal)
             if guide is not None and guide.guides(index):
                 predicted_images = guide.nudge(predicted_images, tf.sqrt(1 - signal))
             noisy_images = (tf.sqrt(signal_next) * predicted_images +
                             tf.sqrt(1 - signal_next) * predicted_noise)
         return (predicted_images + 1.0) / 2.0
 
+    def _noise_and_images(self, noisy_images, prediction, signal):
+        """(eps, x0 clipped to [-1, 1]) that the network's prediction implies at signal
+        share alpha_bar(t)."""
+        if self.recipe.prediction == "eps":
+            predicted_noise = prediction
+            predicted_images = (noisy_images - tf.sqrt(1 - signal) * prediction) / tf.sqrt(signal)
+        else:
+            predicted_noise = tf.sqrt(1 - signal) * noisy_images + tf.sqrt(signal) * prediction
+            predicted_images = tf.sqrt(signal) * noisy_images - tf.sqrt(1 - signal) * prediction
+        return predicted_noise, tf.clip_by_value(predicted_images, -1, 1)
+
     def _guided_noise(self, noisy_images, t, labels, unconditional, guidance):
-        """The predicted noise with classifier-free guidance: one call holds both halves."""
+        """The network's prediction (eps or v) with classifier-free guidance, which is
+        linear in either: one call holds both halves."""
         n = tf.shape(noisy_images)[0]
         levels = tf.fill([2 * n], t)
         both = self.ema([tf.concat([noisy_images, noisy_images], 0), levels,

@@ -6,6 +6,7 @@
   training            fetch (the model cache, or lockstep training in multi-worker runs) and
                       fit_on_labelled (--generator_steps seeded batches of labelled images)
   cache entries       generator_entry: one entry per (dataset, labelled subset, settings)
+  sizes               generator_size: --generator_size with 'auto' resolved
   EMA                 update_ema: the averaged weights that sample and are cached
   batched sampling    sample_in_batches: a sampler called on slices of a label vector
   gradient scale      gradient_scale: keeps float16 gradients of a normalised step out of
@@ -62,6 +63,13 @@ def require_every_class(context, labelled: data.Split) -> None:
         raise data.DataError(f"the labelled subset has no image of {missing}: --method="
                              f"{context.config.method} cannot learn them; raise "
                              "--train_fraction or --train_count.")
+
+
+def generator_size(config) -> str:
+    """--generator_size, 'auto' resolved: large when TensorFlow sees a GPU, else small."""
+    if config.generator_size != "auto":
+        return config.generator_size
+    return "large" if tf.config.list_physical_devices("GPU") else "small"
 
 
 def generator_entry(context, name: str, version: int, **settings) -> cache.Entry:
