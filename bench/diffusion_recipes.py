@@ -96,6 +96,12 @@ def done_rows(path: Path) -> list[dict]:
     return [row for row in read_json_lines(path) if "recipe" in row]
 
 
+def row_key(recorded: dict, recipe: str, steps: int, scale: float) -> tuple:
+    """What makes a row: the generator's data and precision, the recipe, the sampling."""
+    return (recorded["dataset"], recorded["labelled"], recorded["precision"], recipe,
+            steps, scale)
+
+
 def per_class_fidelity(meter, images: np.ndarray, labels: np.ndarray, names) -> dict:
     probs = meter.features(images)[1]
     return {names[k]: float(np.mean(probs[labels == k].argmax(1) == k))
@@ -154,14 +160,15 @@ def save_png(grid: np.ndarray, path: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dataset | recipe | params | steps x batch | lr | train s | DDIM | CFG | FID | "
-             "precision | recall | label fidelity | per class | memorised px | memorised "
-             "feat | sample s |", "|---" * 16 + "|"]
+    lines = ["| dataset | recipe | precision policy | params | steps x batch | lr | train s | "
+             "DDIM | CFG | FID | precision | recall | label fidelity | per class | "
+             "memorised px | memorised feat | sample s |", "|---" * 17 + "|"]
     for r in rows:
         s = r["settings"]
         per_class = ", ".join(f"{k[:10]} {v:.2f}" for k, v in r["label_fidelity_per_class"].items())
         lines.append(
-            f"| {s['dataset']} | {r['recipe']} | {r['parameters'] / 1e6:.2f}M | "
+            f"| {s['dataset']} | {r['recipe']} | {s['precision']} | "
+            f"{r['parameters'] / 1e6:.2f}M | "
             f"{s['generator_steps']} x {s['batch_size']} | {s['generator_learning_rate']:g} | "
             f"{r['train_seconds']:.0f} | {r['ddim_steps']} | {r['guidance_scale']:g} | "
             f"{r['fid']:.3g} | {r['precision']:.3f} | {r['recall']:.3f} | "
@@ -178,8 +185,8 @@ def main(argv):
     from tsynd_tf import data, reference
     from tsynd_tf.fileio import append_json_line, atomic_path
 
-    done = {(r["settings"]["dataset"], r["settings"]["labelled"], r["recipe"], r["ddim_steps"],
-             r["guidance_scale"]) for r in done_rows(output)}
+    done = {row_key(r["settings"], r["recipe"], r["ddim_steps"], r["guidance_scale"])
+            for r in done_rows(output)}
     append_json_line(output, {"command": " ".join(sys.argv), "cpu": cpu_model(),
                               "git": git_revision(), "date": time.strftime("%Y-%m-%d")})
     meter = reference.PoolQuality(data.load_configured(settings), settings.cache_dir)
@@ -187,9 +194,9 @@ def main(argv):
         for name in FLAGS.recipes:
             parts, method = train_candidate(settings, name, Path(root))
             with parts:
-                labelled = method.generator_record["settings"]["labelled"]
+                recorded = method.generator_record["settings"]
                 for steps, scale in sampling:
-                    if (settings.dataset, labelled, name, steps, scale) in done:
+                    if row_key(recorded, name, steps, scale) in done:
                         continue
                     row = measure(parts, method, meter, name, (steps, scale))
                     append_json_line(output, row)

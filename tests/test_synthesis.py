@@ -286,6 +286,8 @@ def test_each_generator_size_trains_and_samples_on_the_cpu(size, tmp_path, medmn
     pool = parts.method.pool(0, parts.classifier, 4)
     assert pool.images.shape == (4, 28, 28, 1) and pool.images.dtype == np.uint8
     assert recipe_of(parts.method.generator_record) == SIZES[size]
+    # The policy in force is in the key: a bfloat16 generator is not a float32 one.
+    assert parts.method.generator_record["settings"]["precision"] == "float32"
     parameters = parts.method.model.network.count_params()
     assert (parameters > 5_000_000) == (size == "large")  # 8.4M vs 0.53M at 28 px
     # No GPU here: "auto" is the CPU's size.

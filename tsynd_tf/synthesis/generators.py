@@ -84,7 +84,10 @@ def generator_entry(context, name: str, version: int, **settings) -> cache.Entry
         "channels": int(context.val_images.shape[-1]), "seed": config.seed,
         "labelled": labelled.hexdigest()[:16], "generator_steps": config.generator_steps,
         "batch_size": config.batch_size,
-        "generator_learning_rate": config.generator_learning_rate, **settings})
+        "generator_learning_rate": config.generator_learning_rate,
+        # The dtype policy in force (--mixed_precision resolved): bfloat16 weights are
+        # another generator than float32 ones.
+        "precision": keras.mixed_precision.dtype_policy().name, **settings})
 
 
 def fetch(context, entry: cache.Entry, model, train) -> dict:
