@@ -141,7 +141,8 @@ def measure(parts, method, meter, name: str, sampling: tuple[int, float]) -> dic
     names = parts.dataset.info.class_names
     grid = pool_grid.class_grid(images, targets, names)
     Path(FLAGS.grid_dir).mkdir(parents=True, exist_ok=True)
-    save_png(grid, Path(FLAGS.grid_dir) / f"{parts.config.dataset}_{name}_{steps}_{scale:g}.png")
+    pool_grid.save_png(grid, Path(FLAGS.grid_dir) /
+                       f"{parts.config.dataset}_{name}_{steps}_{scale:g}.png")
     record = method.generator_record
     return {"recipe": name, "ddim_steps": steps, "guidance_scale": scale,
             "settings": record["settings"], "parameters": method.model.network.count_params(),
@@ -150,13 +151,6 @@ def measure(parts, method, meter, name: str, sampling: tuple[int, float]) -> dic
             **meter.measure(data.Split(images, targets)),
             "label_fidelity_per_class": per_class_fidelity(meter, images, labels, names),
             "load_average": os.getloadavg()}
-
-
-def save_png(grid: np.ndarray, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.imsave(path, grid.squeeze(), cmap="gray" if grid.shape[-1] == 1 else None,
-               vmin=0, vmax=255)
 
 
 def table(rows: list[dict]) -> str:

@@ -83,3 +83,11 @@ def _check(images: np.ndarray, targets: np.ndarray, class_names: Sequence[str],
     if per_class < 1 or pad < 0:
         raise ValueError(f"class_grid: per_class must be >= 1 and pad >= 0; got "
                          f"per_class={per_class}, pad={pad}.")
+
+
+def save_png(grid: np.ndarray, path) -> None:
+    """A class_grid as a PNG file (grey for one channel), for benches that keep pictures."""
+    import matplotlib.pyplot as plt
+
+    plt.imsave(path, grid.squeeze(), cmap="gray" if grid.shape[-1] == 1 else None,
+               vmin=0, vmax=255)
