@@ -3,6 +3,7 @@ generating method measured against the training split in a cached reference clas
 features; --synthetic_multiple; --train_on=synthetic (the Classification Accuracy Score)."""
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -68,6 +69,30 @@ def test_memorisation_counts_copies_of_training_images_and_few_held_out_ones(bre
     assert half["memorisation_pixels"] == pytest.approx((78 + 4) / 156)
 
 
+def test_a_class_of_repeated_images_is_collapsed_and_real_images_are_not(breast,
+                                                                         breast_meter):
+    from tsynd_tf import reference
+
+    meter, _ = breast_meter
+    names = list(breast.info.class_names)
+    val = meter.measure(breast.val)
+    assert reference.collapsed_classes(val) == []
+    assert all(value > reference.COLLAPSE_THRESHOLD + 0.1
+               for key, value in val.items() if key.startswith("nearest_diversity/"))
+    labels = breast.val.targets.argmax(1)
+    for k in (1, 5):  # k distinct validation images of each class, each repeated 12 times
+        chosen = np.concatenate([np.flatnonzero(labels == c)[:k] for c in range(2)])
+        repeats = breast.val.subset(np.repeat(chosen, 12))
+        measured = meter.measure(repeats)
+        assert reference.collapsed_classes(measured) == names
+        assert measured[f"nearest_diversity/{names[0]}"] == 0.0
+    # One class repeated, the other real: only the repeated one is named.
+    benign = np.flatnonzero(labels == 1)
+    mixed = breast.val.subset(np.concatenate([np.repeat(np.flatnonzero(labels == 0)[:1], 20),
+                                              benign]))
+    assert reference.collapsed_classes(meter.measure(mixed)) == [names[0]]
+
+
 def test_an_unknown_reference_recipe_is_refused_before_training(breast, tmp_path):
     from tsynd_tf import reference
 
@@ -76,12 +101,14 @@ def test_an_unknown_reference_recipe_is_refused_before_training(breast, tmp_path
     assert not list(tmp_path.iterdir())
 
 
-def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
-    from tsynd_tf import run_parts, training
+def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir, caplog):
+    from tsynd_tf import reference, run_parts, training
     from tsynd_tf.runs import RunDir
 
     config = breast_config(tmp_path, medmnist_dir, synthetic_multiple=3)
-    results = training.Trainer(run_parts.assemble(config, RunDir(config.output_dir))).run()
+    with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
+        results = training.Trainer(
+            run_parts.assemble(config, RunDir(config.output_dir))).run()
     assert results["num_synthetic"] == 3 * 40 and results["pool_size"] == 60
     measured = RunDir(config.output_dir).read_quality()
     assert [r["num_images"] for r in measured["rounds"]] == [60, 60]
@@ -93,6 +120,14 @@ def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir):
     assert measured["labelled"]["memorisation_pixels"] == 1.0
     assert measured["labelled"]["memorisation_features"] == 1.0
     assert 0 <= results["quality/memorisation_pixels"] <= 1
+    # The collapse check: per class in every measurement, the collapsed classes named in
+    # quality.json and counted in the results, a warning naming them.
+    assert {"nearest_diversity/malignant", "nearest_diversity/normal, benign"} <= set(
+        measured["all"])
+    assert results["quality/collapsed_classes"] == len(measured["collapsed_classes"])
+    assert measured["collapsed_classes"] == reference.collapsed_classes(measured["all"])
+    assert ("closer to each other than real images" in caplog.text) == bool(
+        measured["collapsed_classes"])
 
     baseline = dataclasses.replace(config, method="baseline", output_dir=str(tmp_path / "b"))
     baseline_results = training.Trainer(

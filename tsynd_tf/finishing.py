@@ -75,7 +75,11 @@ def test_and_val(parts: RunParts) -> dict:
 def measure_pools(parts: RunParts) -> dict:
     """Quality of each pool, of all of them, and of the real labelled images (the floor a
     generator is read against), against the training split (reference.PoolQuality):
-    written to the run directory and TensorBoard; all pools' as quality/... results."""
+    written to the run directory and TensorBoard; all pools' as quality/... results, with
+    the number of collapsed classes (reference.collapsed_classes; named in quality.json and
+    a warning). Every generating method's pools are checked here, after the classifier's
+    last step: the check reads the reference, which saw every training label, so it may
+    record and warn but never change a pool or training."""
     from tsynd_tf import reference
 
     meter = reference.PoolQuality(parts.dataset, parts.config.cache_dir, parts.eval_batch_size)
@@ -87,12 +91,25 @@ def measure_pools(parts: RunParts) -> dict:
                   if "mutual_information" in p else {})} for p in pools]
     every = meter.measure(data.Split.joined([data.Split(p["images"], p["targets"])
                                              for p in pools]))
+    collapsed = reference.collapsed_classes(every)
     parts.run_dir.write_quality({"reference": meter.record, "labelled":
-                                 meter.measure(parts.real), "rounds": rounds, "all": every})
+                                 meter.measure(parts.real), "rounds": rounds, "all": every,
+                                 "collapsed_classes": collapsed,
+                                 "collapse_threshold": reference.COLLAPSE_THRESHOLD})
+    if collapsed:
+        # A warning, not a failure: a collapsed class is an outcome of this method on this
+        # labelled subset, which a comparison of methods must report rather than drop (a
+        # failed cell only for the seeds where a method did badly would bias it upwards).
+        log.warning("The synthetic images of %s are closer to each other than real images "
+                    "of the class are (nearest-neighbour diversity %s < %g in the reference "
+                    "features): few distinct images, repeated with small variations.",
+                    collapsed, {name: round(every[f"nearest_diversity/{name}"], 3)
+                                for name in collapsed}, reference.COLLAPSE_THRESHOLD)
     with parts.writer.as_default():
         for round_index, measured in enumerate(rounds):
             for key, value in measured.items():
                 tf.summary.scalar(f"quality/{key}", value, step=round_index)
     log.info("Pool quality (all %d synthetic images): %s.", every["num_images"],
              ", ".join(f"{k} {v:.4g}" for k, v in every.items() if k != "num_images"))
-    return {f"quality/{key}": value for key, value in every.items()}
+    return {**{f"quality/{key}": value for key, value in every.items()},
+            "quality/collapsed_classes": len(collapsed)}

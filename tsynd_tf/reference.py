@@ -11,8 +11,9 @@ docs/QUALITY.md says which recipe was chosen and why, from degradations of known
 
 `PoolQuality(dataset, cache_dir)` holds the reference, the features of the training split
 and of up to REAL_IMAGES of them (the target distribution); `measure(split)` gives FID, KID,
-precision/recall (k=3), label fidelity, diversity and memorisation in pixels and in the
-features (tsynd_tf.quality) of a set of images. The real labelled images, measured the same
+precision/recall (k=3), label fidelity, diversity, per-class nearest-neighbour diversity
+(`collapsed_classes` reads it) and memorisation in pixels and in the features
+(tsynd_tf.quality) of a set of images. The real labelled images, measured the same
 way, are the floor a generator is read against. These are in-domain numbers: comparable
 between methods on one dataset and reference version, not with published FIDs.
 """
@@ -37,6 +38,13 @@ REFERENCE_SEED = 0
 WIDTH = 32  # the wide CNN's first-stage channels (part of its recipe: bump the version)
 REAL_IMAGES = 2000  # training images the synthetic ones are compared with (seeded sample)
 MEMORISATION_QUANTILE = 0.05  # of held-out images' nearest-training-image distances
+# A class of a set whose nearest-neighbour diversity (quality.nearest_diversity) is below
+# this is collapsed: its images are closer to each other than real images of the class are.
+# Calibrated on BreastMNIST 10% (bench/collapse_calibration.py, docs/QUALITY.md "Collapsed
+# classes"): real labelled/validation/test images of a class 0.90-1.05, k labelled images
+# repeated 0.00 for every k, the GAN's repeated malignant shape 0.73 (its benign 0.80),
+# `augment`'s 128 variations of the 15 labelled malignant images 0.70 (benign 0.83).
+COLLAPSE_THRESHOLD = 0.75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +215,14 @@ class PoolQuality:
                 for space, query, train in (("pixels", images, self.train_images),
                                             ("features", features, self.train_features))}
 
+    def nearest_diversity(self, features: np.ndarray, targets: np.ndarray) -> dict:
+        """{nearest_diversity/<class>: ratio} against the class's training images, for the
+        classes both hold twice or more (quality.nearest_diversity)."""
+        names = self.info.class_names
+        return {f"nearest_diversity/{names[c]}": ratio for c, ratio in
+                quality.nearest_diversity(self.real_features, self.real_targets, features,
+                                          targets).items()}
+
     def measure(self, split: data.Split) -> dict:
         """FID, KID, precision, recall, label fidelity, diversity and memorisation of
         `split`'s images."""
@@ -221,4 +237,12 @@ class PoolQuality:
                 "label_fidelity": quality.label_fidelity(probs, split.targets),
                 "diversity": quality.diversity(self.real_features, self.real_targets,
                                                features, split.targets),
+                **self.nearest_diversity(features, split.targets),
                 **self.memorisation(split.images, features)}
+
+
+def collapsed_classes(measured: dict) -> list[str]:
+    """The classes of a `PoolQuality.measure` result below COLLAPSE_THRESHOLD."""
+    prefix = "nearest_diversity/"
+    return [key[len(prefix):] for key, value in measured.items()
+            if key.startswith(prefix) and value < COLLAPSE_THRESHOLD]

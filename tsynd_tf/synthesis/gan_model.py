@@ -42,6 +42,8 @@ weights.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -58,6 +60,26 @@ TRANSLATION, CUTOUT = 1 / 8, 1 / 2  # of the image side (DiffAugment's defaults)
 ADAM_BETAS = (0.5, 0.999)
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What bench/gan_recipes.py varies; the defaults are the constants above (the method's
+    GAN). mode_seeking > 0 adds MSGAN's term (Mao et al. 2019) to G's loss: a second batch of
+    fakes with the same labels and new noise, and G is rewarded for the mean image distance
+    between the two batches per unit of noise distance (weight mode_seeking), against
+    samples that ignore their noise."""
+    g_width: int = G_WIDTH
+    ema_decay: float = EMA_DECAY
+    d_learning_rate_ratio: float = D_LEARNING_RATE_RATIO
+    mode_seeking: float = 0.0
+
+    def settings(self) -> dict:
+        """The fields that differ from the default: a cache key's extra settings (none for
+        the default, whose cached generators keep their key)."""
+        default = Recipe()
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v != getattr(default, k)}
+
+
 def _widths(size: int, full_size_width: int) -> list[int]:
     """Feature widths from the base map (smallest) to the full-size map."""
     levels = num_downsamplings(size)
@@ -66,9 +88,9 @@ def _widths(size: int, full_size_width: int) -> list[int]:
 
 
 def build_generator(size: int, channels: int, num_classes: int,
-                    seeds: keras.random.SeedGenerator) -> keras.Model:
+                    seeds: keras.random.SeedGenerator, width: int = G_WIDTH) -> keras.Model:
     """image in [-1, 1] = generator([noise (N, NOISE_DIM), label (N,)])."""
-    widths = _widths(size, G_WIDTH)
+    widths = _widths(size, width)
     base = size // 2 ** (len(widths) - 1)
     init = lambda: {"kernel_initializer": keras.initializers.GlorotUniform(seeds)}  # noqa: E731
     noise = keras.Input((NOISE_DIM,), name="noise")
@@ -174,24 +196,26 @@ def _cutout_mask(n, height: int, width: int, seeds: keras.random.SeedGenerator) 
     return tf.cast(~inside, tf.float32)[..., None]
 
 
-def build_gan(size: int, channels: int, num_classes: int, seed: int = 0) -> ConditionalGAN:
+def build_gan(size: int, channels: int, num_classes: int, seed: int = 0,
+              recipe: Recipe = Recipe()) -> ConditionalGAN:
     """G, D and G's EMA copy for size x size images, every initial weight drawn from one
     SeedGenerator(seed) in this order; the training noise from SeedGenerator(seed + 1)."""
     initial = keras.random.SeedGenerator(seed)
-    generator = build_generator(size, channels, num_classes, initial)
+    generator = build_generator(size, channels, num_classes, initial, recipe.g_width)
     discriminator = build_discriminator(size, channels, num_classes, initial)
-    ema = build_generator(size, channels, num_classes, initial)
+    ema = build_generator(size, channels, num_classes, initial, recipe.g_width)
     for layer in discriminator.layers:  # power iteration's start vector, seeded too
         if isinstance(layer, layers.SpectralNormalization):
             layer.vector_u.assign(keras.random.truncated_normal(
                 layer.vector_u.shape, stddev=0.02, seed=initial))
-    return ConditionalGAN(generator, discriminator, ema, seed=seed + 1)
+    return ConditionalGAN(generator, discriminator, ema, seed=seed + 1, recipe=recipe)
 
 
-def gan_optimizers(learning_rate: float) -> tuple[keras.optimizers.Optimizer, ...]:
-    """(G's, D's) Adam, DCGAN's betas; D at D_LEARNING_RATE_RATIO x G's rate (TTUR)."""
+def gan_optimizers(learning_rate: float, recipe: Recipe = Recipe()
+                   ) -> tuple[keras.optimizers.Optimizer, ...]:
+    """(G's, D's) Adam, DCGAN's betas; D at the recipe's ratio x G's rate (TTUR)."""
     return (keras.optimizers.Adam(learning_rate, *ADAM_BETAS),
-            keras.optimizers.Adam(learning_rate * D_LEARNING_RATE_RATIO, *ADAM_BETAS))
+            keras.optimizers.Adam(learning_rate * recipe.d_learning_rate_ratio, *ADAM_BETAS))
 
 
 class ConditionalGAN(keras.Model):
@@ -199,9 +223,10 @@ class ConditionalGAN(keras.Model):
     starts as a copy of G. `seed` seeds the training noise (latents and DiffAugment)."""
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, ema: keras.Model,
-                 seed: int = 1, **kwargs):
+                 seed: int = 1, recipe: Recipe = Recipe(), **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator, self.ema = generator, discriminator, ema
+        self.recipe = recipe
         self.ema.set_weights(generator.get_weights())
         self.training_noise = keras.random.SeedGenerator(seed)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
@@ -242,16 +267,28 @@ class ConditionalGAN(keras.Model):
         # One batch of fakes serves both steps: D's with G held fixed, then G's against the
         # updated D (one generator forward pass per batch instead of two).
         with tf.GradientTape() as g_tape:
-            fake = self.generator([self._noise(tf.shape(real)[0]), labels], training=True)
+            noise = self._noise(tf.shape(real)[0])
+            fake = self.generator([noise, labels], training=True)
             with g_tape.stop_recording():
                 d_loss = self._discriminator_step(real, tf.stop_gradient(fake), labels)
             g_loss = tf.reduce_mean(tf.nn.softplus(-self._scores(fake, labels)))
+            if self.recipe.mode_seeking:  # a Python branch: the default traces without it
+                g_loss += self.recipe.mode_seeking * self._mode_seeking(fake, noise, labels)
             scaled = self.g_optimizer.scale_loss(g_loss)  # on the tape (mixed_float16)
         self._apply(self.g_optimizer, g_tape, scaled, self.generator)
-        update_ema(self.ema, self.generator, EMA_DECAY)
+        update_ema(self.ema, self.generator, self.recipe.ema_decay)
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
         return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
+
+    def _mode_seeking(self, fake, noise, labels) -> tf.Tensor:
+        """MSGAN's loss, 1 / (image distance / noise distance), per pair of same-label
+        fakes, averaged: small when new noise gives a visibly new image."""
+        other_noise = self._noise(tf.shape(noise)[0])
+        other = self.generator([other_noise, labels], training=True)
+        images = tf.reduce_mean(tf.abs(tf.cast(fake - other, tf.float32)), axis=[1, 2, 3])
+        noises = tf.reduce_mean(tf.abs(noise - other_noise), axis=1)
+        return tf.reduce_mean(1.0 / (images / noises + 1e-5))
 
     def _discriminator_step(self, real, fake, labels) -> tf.Tensor:
         with tf.GradientTape() as tape:
