@@ -37,19 +37,20 @@ from absl import flags
 from bench.machine import cpu_model, git_revision
 from tsynd_tf import cli, config
 
-# name: (recipe fields changed from diffusion_model.Recipe(), learning rate, steps).
+# name: (recipe fields changed from diffusion_model.Recipe(), steps).
+FAST = {"learning_rate": 1e-3}
 CANDIDATES = {
-    "v1": ({}, 2e-4, 1500),  # the recipe of DIFFUSION_VERSION 1
-    "v1_lr1e-3": ({}, 1e-3, 1500),
-    "v": ({"prediction": "v"}, 2e-4, 1500),
-    "v_lr1e-3": ({"prediction": "v"}, 1e-3, 1500),
-    "v_attention": ({"prediction": "v", "attention": True}, 1e-3, 1500),
-    "v_wide": ({"prediction": "v", "attention": True, "widths": (64, 128, 128)}, 1e-3, 1500),
+    "v1": ({}, 1500),  # the recipe of DIFFUSION_VERSION 1
+    "v1_lr1e-3": (FAST, 1500),
+    "v": ({"prediction": "v"}, 1500),
+    "v_lr1e-3": ({"prediction": "v", **FAST}, 1500),
+    "v_attention": ({"prediction": "v", "attention": True, **FAST}, 1500),  # SIZES["small"]
+    "v_wide": ({"prediction": "v", "attention": True, "widths": (64, 128, 128), **FAST}, 1500),
     "v_wide_ema999": ({"prediction": "v", "attention": True, "widths": (64, 128, 128),
-                       "ema_decay": 0.999, "ema_start": 200}, 1e-3, 1500),
-    "v_deep": ({"prediction": "v", "attention": True, "blocks": 2}, 1e-3, 1500),
+                       "ema_decay": 0.999, "ema_start": 200, **FAST}, 1500),
+    "v_deep": ({"prediction": "v", "attention": True, "blocks": 2, **FAST}, 1500),
     "large_300": ({"widths": (64, 128, 256), "blocks": 2, "attention": True, "dropout": 0.1,
-                   "ema_decay": 0.999, "ema_start": 200}, 2e-4, 300),
+                   "ema_decay": 0.999, "ema_start": 200}, 300),
 }
 
 config.define_flags()  # the training settings, as `train` has them
@@ -116,10 +117,9 @@ def train_candidate(settings: config.TrainConfig, name: str, root: Path):
     from tsynd_tf.synthesis.diffusion import Diffusion
     from tsynd_tf.synthesis.diffusion_model import Recipe
 
-    changes, learning_rate, steps = CANDIDATES[name]
+    changes, steps = CANDIDATES[name]
     steps = settings.generator_steps if FLAGS["generator_steps"].present else steps
     run_settings = dataclasses.replace(settings, method="diffusion", verbose=0,
-                                       generator_learning_rate=learning_rate,
                                        generator_steps=steps, output_dir=str(root / name))
     parts = run_parts.assemble(run_settings, RunDir(root / name))
     method = Diffusion(parts.method.context, Recipe(**changes))
@@ -154,16 +154,18 @@ def measure(parts, method, meter, name: str, sampling: tuple[int, float]) -> dic
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dataset | recipe | precision policy | params | steps x batch | lr | train s | "
-             "DDIM | CFG | FID | precision | recall | label fidelity | per class | "
-             "memorised px | memorised feat | sample s |", "|---" * 17 + "|"]
+    lines = ["| dataset | recipe | version | precision policy | params | steps x batch | lr | "
+             "train s | DDIM | CFG | FID | precision | recall | label fidelity | per class | "
+             "memorised px | memorised feat | sample s |", "|---" * 18 + "|"]
     for r in rows:
         s = r["settings"]
+        # Version 2 rows recorded the learning rate beside the recipe, version 3 in it.
+        learning_rate = s["recipe"].get("learning_rate", s.get("generator_learning_rate"))
         per_class = ", ".join(f"{k[:10]} {v:.2f}" for k, v in r["label_fidelity_per_class"].items())
         lines.append(
-            f"| {s['dataset']} | {r['recipe']} | {s['precision']} | "
+            f"| {s['dataset']} | {r['recipe']} | {s['version']} | {s['precision']} | "
             f"{r['parameters'] / 1e6:.2f}M | "
-            f"{s['generator_steps']} x {s['batch_size']} | {s['generator_learning_rate']:g} | "
+            f"{s['generator_steps']} x {s['batch_size']} | {learning_rate:g} | "
             f"{r['train_seconds']:.0f} | {r['ddim_steps']} | {r['guidance_scale']:g} | "
             f"{r['fid']:.3g} | {r['precision']:.3f} | {r['recall']:.3f} | "
             f"{r['label_fidelity']:.3f} | {per_class} | {r['memorisation_pixels']:.3f} | "

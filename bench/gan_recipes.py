@@ -39,6 +39,7 @@ CANDIDATES = {
     "v1": ({}, 2e-4, 1500),  # the recipe of GAN_VERSION 1
     "steps3000": ({}, 2e-4, 3000),
     "mode_seeking": ({"mode_seeking": 1.0}, 2e-4, 1500),
+    "mode_seeking_0.3": ({"mode_seeking": 0.3}, 2e-4, 1500),
     "wide_mode_seeking": ({"g_width": 32, "mode_seeking": 1.0}, 2e-4, 1500),
     "lr5e-4_ema99": ({"ema_decay": 0.99}, 5e-4, 1500),
 }

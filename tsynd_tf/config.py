@@ -109,9 +109,12 @@ class TrainConfig:
     generator_steps: int = _field(1500, "Training batches of a generating method's generator "
                                   "(diffusion, gan), trained once per labelled subset and "
                                   "cached in --cache_dir.")
-    generator_learning_rate: float = _field(2e-4, "Adam learning rate of that generator.")
+    generator_learning_rate: float = _field(2e-4, "Adam learning rate of the GAN's generator "
+                                            "(its discriminator's is a fixed multiple). The "
+                                            "diffusion model's is its recipe's "
+                                            "(--generator_size).")
     ddim_steps: int = _field(25, "DDIM sampling steps of --method=diffusion.")
-    guidance_scale: float = _field(1.0, "Classifier-free guidance w of --method=diffusion: "
+    guidance_scale: float = _field(2.0, "Classifier-free guidance w of --method=diffusion: "
                                    "eps = (1 + w) eps(x, y) - w eps(x); 0 = no guidance.")
     generator_size: str = _field("auto", "Size of the diffusion generator: 'small' (chosen "
                                  "for 2 CPU cores, docs/PERFORMANCE.md), 'large' (near a "

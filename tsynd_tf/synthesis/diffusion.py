@@ -2,7 +2,7 @@
 
 `fit` trains the model (synthesis/diffusion_model.py; its recipe is
 diffusion_model.SIZES[--generator_size]) on the labelled images for --generator_steps
-batches of --batch_size, once per (labelled subset, settings): the trained
+batches of --batch_size at the recipe's learning rate, once per (labelled subset, settings): the trained
 EMA weights go to the model cache (tsynd_tf.cache, --cache_dir), where a resumed run, another
 method sampling the same model, or another run of a sweep finds them. Each round samples n
 images by DDIM (--ddim_steps) with classifier-free guidance (--guidance_scale); their labels
@@ -23,8 +23,9 @@ from tsynd_tf.synthesis.diffusion_model import SIZES, Recipe, build_diffusion
 
 GENERATOR = "diffusion"
 # Bumped when the network or its training changes: cached models of an older version are
-# not reused. 2: recipes (SIZES), v-prediction, EMA start.
-DIFFUSION_VERSION = 2
+# not reused. 2: recipes (SIZES), v-prediction, EMA start. 3: the learning rate is the
+# recipe's; `small` is v-prediction with attention at lr 1e-3 (docs/PERFORMANCE.md).
+DIFFUSION_VERSION = 3
 
 
 def recipe_of(record: dict) -> Recipe:
@@ -44,13 +45,14 @@ class Diffusion(SynthesisMethod):
         recipe = recipe or SIZES[generators.generator_size(self.config)]
         self.model = build_diffusion(info.size, channels, info.num_classes, recipe,
                                      self.config.seed)
-        self.model.compile(optimizer=keras.optimizers.Adam(self.config.generator_learning_rate),
+        self.model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
                            jit_compile=self.config.jit_compile)
 
     def fit(self, labelled: data.Split, unlabelled: data.Split) -> None:
         self.labelled = labelled
         generators.require_every_class(self.context, labelled)
         entry = generators.generator_entry(self.context, GENERATOR, DIFFUSION_VERSION,
+                                           generator_steps=self.config.generator_steps,
                                            recipe=self.model.recipe.settings())
         self.generator_record = generators.fetch(self.context, entry, self.model.ema,
                                                  lambda: self.train(labelled))

@@ -57,8 +57,9 @@ PREDICTIONS = ("eps", "v")
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """The network and its training, apart from what flags set (steps, batch size,
-    learning rate, DDIM steps, classifier-free guidance). Recorded in the cache key."""
+    """The network and its training, apart from what flags set (steps, batch size, DDIM
+    steps, classifier-free guidance). Recorded in the cache key. The defaults are
+    version 1's network (bench.diffusion_recipes' "v1")."""
     widths: tuple[int, ...] = (32, 64, 64)  # per level; the first is the full resolution's
     blocks: int = 1  # residual blocks per level
     attention: bool = False  # self-attention at the lowest resolution
@@ -66,6 +67,7 @@ class Recipe:
     prediction: str = "eps"  # what the network predicts: "eps" or "v"
     ema_decay: float = 0.995
     ema_start: int = 0  # steps before which the EMA copy equals the weights
+    learning_rate: float = 2e-4  # Adam's
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -79,9 +81,9 @@ class Recipe:
 # --generator_size: "small" for CPUs (docs/PERFORMANCE.md has the search that chose it);
 # "large" is near issue 26's GPU-trained DDPM (../shared/data/external_pools/README.md).
 SIZES = {
-    "small": Recipe(),
+    "small": Recipe(prediction="v", attention=True, learning_rate=1e-3),  # "v_attention"
     "large": Recipe(widths=(64, 128, 256), blocks=2, attention=True, dropout=0.1,
-                    prediction="eps", ema_decay=0.999, ema_start=200),
+                    prediction="eps", ema_decay=0.999, ema_start=200, learning_rate=2e-4),
 }
 
 

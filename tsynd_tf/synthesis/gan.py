@@ -42,8 +42,11 @@ class GAN(SynthesisMethod):
         self.labelled = labelled
         generators.require_every_class(self.context, labelled)
         record = generators.fetch(
-            self.context, generators.generator_entry(self.context, GENERATOR, GAN_VERSION,
-                                                     **self.model.recipe.settings()),
+            self.context, generators.generator_entry(
+                self.context, GENERATOR, GAN_VERSION,
+                generator_steps=self.config.generator_steps,
+                generator_learning_rate=self.config.generator_learning_rate,
+                **self.model.recipe.settings()),
             self.model.ema, lambda: self.train(labelled))
         self.generator_record = record
 

@@ -75,16 +75,14 @@ def generator_size(config) -> str:
 def generator_entry(context, name: str, version: int, **settings) -> cache.Entry:
     """The cache entry of a generator trained on this run's labelled images: the same for
     every method and run directory of one (dataset, labelled subset, generator settings);
-    `settings` adds a generator's own (the autoencoder's)."""
+    `settings` are the generator's own (its steps, learning rate, recipe)."""
     config = context.config
     labelled = hashlib.sha256(np.asarray(context.labelled_indices, np.int64).tobytes())
     return cache.entry(config.cache_dir, name, {
         "version": version, "dataset": context.info.name, "data": context.data_fingerprint[:16],
         "size": context.info.size,
         "channels": int(context.val_images.shape[-1]), "seed": config.seed,
-        "labelled": labelled.hexdigest()[:16], "generator_steps": config.generator_steps,
-        "batch_size": config.batch_size,
-        "generator_learning_rate": config.generator_learning_rate,
+        "labelled": labelled.hexdigest()[:16], "batch_size": config.batch_size,
         # The dtype policy in force (--mixed_precision resolved): bfloat16 weights are
         # another generator than float32 ones.
         "precision": keras.mixed_precision.dtype_policy().name, **settings})
