@@ -43,8 +43,12 @@ class Diffusion(SynthesisMethod):
         super().__init__(context)
         info, channels = context.info, context.val_images.shape[-1]
         recipe = recipe or SIZES[generators.generator_size(self.config)]
+        # Grey content stored as colour (e.g. the chest X-ray folder at --channels=3): a
+        # 3-channel model must learn that its channels are equal and, in 1,500 steps, does
+        # not (issue 26.1, docs/PERFORMANCE.md); one channel repeated is equal by design.
+        self.grey = generators.grey_content(context.val_images)
         self.model = build_diffusion(info.size, channels, info.num_classes, recipe,
-                                     self.config.seed)
+                                     self.config.seed, grey=self.grey)
         self.model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
                            jit_compile=self.config.jit_compile)
 
@@ -53,7 +57,8 @@ class Diffusion(SynthesisMethod):
         generators.require_every_class(self.context, labelled)
         entry = generators.generator_entry(self.context, GENERATOR, DIFFUSION_VERSION,
                                            generator_steps=self.config.generator_steps,
-                                           recipe=self.model.recipe.settings())
+                                           recipe=self.model.recipe.settings(),
+                                           **({"grey": True} if self.grey else {}))
         self.generator_record = generators.fetch(self.context, entry, self.model.ema,
                                                  lambda: self.train(labelled))
 

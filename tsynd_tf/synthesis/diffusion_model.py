@@ -173,21 +173,27 @@ def build_unet(size: int, channels: int, num_classes: int, recipe: Recipe,
 
 
 def build_diffusion(size: int, channels: int, num_classes: int, recipe: Recipe,
-                    seed: int) -> DiffusionModel:
-    """The training network and its EMA copy (which samples) of one recipe."""
-    return DiffusionModel(build_unet(size, channels, num_classes, recipe),
-                          build_unet(size, channels, num_classes, recipe), num_classes,
-                          recipe, seed)
+                    seed: int, grey: bool = False) -> DiffusionModel:
+    """The training network and its EMA copy (which samples) of one recipe, for images of
+    `channels`; `grey`: their channels are equal (grey content stored as colour), so the
+    networks model one channel and the samples repeat it."""
+    learned = 1 if grey else channels
+    return DiffusionModel(build_unet(size, learned, num_classes, recipe),
+                          build_unet(size, learned, num_classes, recipe), num_classes,
+                          recipe, seed, image_channels=channels)
 
 
 class DiffusionModel(keras.Model):
     """Trains `network` to predict noise (or v); `ema` (same architecture) samples."""
 
     def __init__(self, network: keras.Model, ema: keras.Model, num_classes: int,
-                 recipe: Recipe, seed: int = 0, **kwargs):
+                 recipe: Recipe, seed: int = 0, image_channels: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.network, self.ema, self.num_classes = network, ema, num_classes
         self.recipe = recipe
+        # The networks' channels, and the images' (more when a grey model draws them).
+        self.channels = network.input_shape[0][-1]
+        self.image_channels = image_channels or self.channels
         self.ema.set_weights(network.get_weights())
         self.generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -201,7 +207,7 @@ class DiffusionModel(keras.Model):
 
     def train_step(self, batch):
         images, targets = batch
-        x = images * 2.0 - 1.0
+        x = images[..., :self.channels] * 2.0 - 1.0
         n = tf.shape(x)[0]
         t = keras.random.uniform((n,), seed=self.generator)
         noise = keras.random.normal(tf.shape(x), seed=self.generator)
@@ -230,10 +236,15 @@ class DiffusionModel(keras.Model):
                batch_size: int = 256, guide: UncertaintyGuide | None = None) -> np.ndarray:
         """Images in [0, 1], one per label, by DDIM with classifier-free guidance, steered
         towards the classifier's uncertainty by `guide` if given."""
+        size = self.ema.input_shape[0][1]
         return sample_in_batches(
-            lambda chunk, start: self._sample(chunk, steps, float(guidance), seed + start,
-                                              guide).numpy(),
-            labels, batch_size, self.ema.input_shape[0][1:])
+            lambda chunk, start: self._as_images(
+                self._sample(chunk, steps, float(guidance), seed + start, guide)).numpy(),
+            labels, batch_size, (size, size, self.image_channels))
+
+    def _as_images(self, x: tf.Tensor) -> tf.Tensor:
+        """The networks' channels as the images': a grey model's one channel repeated."""
+        return tf.repeat(x, self.image_channels // self.channels, axis=-1)
 
     def _sample(self, labels, steps: int, guidance: float, seed: int,
                 guide: UncertaintyGuide | None) -> tf.Tensor:
@@ -308,7 +319,10 @@ class UncertaintyGuide:
         images = (x0 + 1.0) / 2.0  # what the classifier trains on: [0, 1]
         with tf.GradientTape() as tape:
             tape.watch(images)
-            logits = uncertainty.mc_logits(self.classifier, images, self.num_samples)
+            # A grey model's one channel, repeated as its samples will be (the gradient of
+            # the repeat sums the channels' gradients).
+            seen = tf.repeat(images, self.classifier.input_shape[-1] // images.shape[-1], -1)
+            logits = uncertainty.mc_logits(self.classifier, seen, self.num_samples)
             score = uncertainty.objective_from_logits(logits, self.objective, self.multilabel)
             scaled = tf.reduce_sum(score) * self.loss_scale
         gradient = tf.cast(tape.gradient(scaled, images), tf.float32)

@@ -65,6 +65,13 @@ def require_every_class(context, labelled: data.Split) -> None:
                              "--train_fraction or --train_count.")
 
 
+def grey_content(images: np.ndarray) -> bool:
+    """Whether colour images hold grey content: every channel equals the first. Read on the
+    validation images, which exist before a generator is built, from the same source as
+    the labelled ones."""
+    return images.shape[-1] > 1 and bool(np.all(images == images[..., :1]))
+
+
 def generator_size(config) -> str:
     """--generator_size, 'auto' resolved: large when TensorFlow sees a GPU, else small."""
     if config.generator_size != "auto":
