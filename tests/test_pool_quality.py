@@ -93,6 +93,26 @@ def test_a_class_of_repeated_images_is_collapsed_and_real_images_are_not(breast,
     assert reference.collapsed_classes(meter.measure(mixed)) == [names[0]]
 
 
+def test_per_class_numbers_find_the_one_class_that_is_poor(breast, breast_meter):
+    meter, _ = breast_meter
+    names = list(breast.info.class_names)
+    real = meter.measure(breast.test)
+    for name in names:
+        assert real[f"precision/{name}"] > 0.5 and real[f"recall/{name}"] > 0.5
+    # The malignant test images replaced by noise: the overall numbers fall a little, the
+    # malignant class's to nothing, the benign class's not at all.
+    images, labels = breast.test.images.copy(), breast.test.targets.argmax(1)
+    malignant = labels == names.index("malignant")
+    images[malignant] = np.random.default_rng(0).integers(0, 256, images[malignant].shape,
+                                                          np.uint8)
+    poor = meter.measure(data.Split(images, breast.test.targets))
+    assert poor["precision/malignant"] < 0.1 and poor["recall/malignant"] < 0.1
+    assert poor["precision"] > poor["precision/malignant"] + 0.3
+    benign = "normal, benign"
+    for key in ("precision", "recall", "label_fidelity"):
+        assert poor[f"{key}/{benign}"] == real[f"{key}/{benign}"]
+
+
 def test_an_unknown_reference_recipe_is_refused_before_training(breast, tmp_path):
     from tsynd_tf import reference
 

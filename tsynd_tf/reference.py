@@ -223,9 +223,27 @@ class PoolQuality:
                 quality.nearest_diversity(self.real_features, self.real_targets, features,
                                           targets).items()}
 
+    def per_class(self, features: np.ndarray, probs: np.ndarray, targets: np.ndarray) -> dict:
+        """{label_fidelity|precision|recall/<class>: value}: the pool's class c against the
+        real images of class c, for the classes both hold more than 3 of (k=3 balls). A
+        pool whose one class is poor hides behind a good majority class in the overall
+        numbers (BreastMNIST's malignant third)."""
+        found = {}
+        real_class, pool_class = np.argmax(self.real_targets, 1), np.argmax(targets, 1)
+        for c, name in enumerate(self.info.class_names):
+            mine = pool_class == c
+            if mine.sum() <= 3 or (real_class == c).sum() <= 3:
+                continue
+            precision, recall = quality.precision_recall(self.real_features[real_class == c],
+                                                         features[mine], k=3)
+            found.update({f"label_fidelity/{name}": quality.label_fidelity(probs[mine],
+                                                                           targets[mine]),
+                          f"precision/{name}": precision, f"recall/{name}": recall})
+        return found
+
     def measure(self, split: data.Split) -> dict:
-        """FID, KID, precision, recall, label fidelity, diversity and memorisation of
-        `split`'s images."""
+        """FID, KID, precision, recall, label fidelity (overall and per class), diversity
+        and memorisation of `split`'s images."""
         if len(split) <= 3:  # too few for precision/recall's k=3 balls, or a covariance
             return {"num_images": len(split)}
         features, probs = self.features(split.images)
@@ -237,6 +255,7 @@ class PoolQuality:
                 "label_fidelity": quality.label_fidelity(probs, split.targets),
                 "diversity": quality.diversity(self.real_features, self.real_targets,
                                                features, split.targets),
+                **self.per_class(features, probs, split.targets),
                 **self.nearest_diversity(features, split.targets),
                 **self.memorisation(split.images, features)}
 
