@@ -76,13 +76,26 @@ def test_the_folder_loads_as_three_equal_channels(colour_run):
     np.testing.assert_array_equal(np.broadcast_to(images[..., :1], images.shape), images)
 
 
+def test_grey_content_is_modelled_as_one_channel_and_real_colour_is_not(colour_run):
+    from tsynd_tf.synthesis import generators
+
+    parts, _ = colour_run
+    assert parts.method.model.channels == 1  # the generator the fixture trained
+    images = parts.dataset.val.images
+    assert generators.grey_content(images)
+    tinted = images.copy()
+    tinted[..., 0] = 255 - tinted[..., 0]  # channels that differ: colour, kept as three
+    assert not generators.grey_content(tinted)
+    assert not generators.grey_content(images[..., :1])  # already one channel
+
+
 def test_samples_have_the_datas_channels_and_pixel_statistics(colour_run):
     parts, pool = colour_run
     assert pool.images.shape == (POOL, 28, 28, 3) and pool.images.dtype == np.uint8
     samples = pool.images.astype(np.float64) / 255
     real = parts.real.images.astype(np.float64) / 255
     spread = (samples.max(-1) - samples.min(-1)).mean()
-    assert spread < 0.03, spread  # coloured noise: ~0.12
+    assert spread < 0.03, spread  # the 3-channel generator before the fix: 0.25
     assert abs(samples.mean() - real.mean()) < 0.05, (samples.mean(), real.mean())
     contrast = samples.mean(-1).std((1, 2)).mean() / real.mean(-1).std((1, 2)).mean()
     assert contrast > 0.6, contrast

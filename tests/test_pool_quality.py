@@ -229,3 +229,30 @@ def test_a_run_recorded_with_pool_fraction_resumes_as_the_same_amount():
     TrainConfig().check_resumable(old, "run")  # 1.0 per round x 5 rounds = the default
     with pytest.raises(Exception, match="synthetic_multiple"):
         TrainConfig(synthetic_multiple=2.0).check_resumable(old, "run")
+
+
+def test_a_run_recorded_with_a_numeric_synthetic_ratio_resumes_as_the_same_share():
+    from tsynd_tf.config import TrainConfig
+
+    old = {**TrainConfig().to_dict(), "synthetic_ratio": 0.5}  # a number before "proportional"
+    TrainConfig().check_resumable(old, "run")
+    with pytest.raises(Exception, match="synthetic_ratio"):
+        TrainConfig(synthetic_ratio="proportional").check_resumable(old, "run")
+
+
+def test_a_proportional_share_follows_the_amount_as_the_pools_grow(breast, tmp_path,
+                                                                   medmnist_dir):
+    """--synthetic_ratio=proportional: each batch holds the synthetic images' share of all
+    training images, as if they were added to the dataset; a number holds whatever the amount."""
+    from tsynd_tf.data.pipeline import classifier_batches, synthetic_per_batch
+
+    proportional = breast_config(tmp_path, medmnist_dir, synthetic_ratio="proportional")
+    real = breast.train.subset(np.arange(40))
+    for pooled, expected in ((40, 32), (200, 53), (400, 58)):  # m = 1, 5, 10 at batch 64
+        assert synthetic_per_batch(proportional, len(real), pooled) == expected
+        assert synthetic_per_batch(breast_config(tmp_path, medmnist_dir), 40, pooled) == 32
+    # The batches are built with that share: the synthetic images are told apart by label.
+    pooled = breast.train.subset(np.arange(40, 240))
+    synthetic = data.Split(pooled.images, np.zeros_like(pooled.targets))
+    images, targets = next(iter(classifier_batches(real, synthetic, proportional, seed=0)))
+    assert images.shape[0] == 64 and int((np.asarray(targets).sum(1) == 0).sum()) == 53

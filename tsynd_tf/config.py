@@ -33,6 +33,7 @@ CLASSIFIERS = ("small_cnn", "resnet18")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RENDERINGS = ("decode", "residual")  # how a moved latent becomes an image (--rendering)
 TRAIN_ON = ("real+synthetic", "synthetic")
+PROPORTIONAL = "proportional"  # --synthetic_ratio: the share follows the amount
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 GENERATOR_SIZES = ("auto", "small", "large")  # "auto": large when a GPU is visible
 
@@ -45,14 +46,17 @@ RESUMABLE = frozenset({"output_dir", "data_dir", "export_dir", "verbose", "strat
 
 def _upgrade(recorded: dict) -> dict:
     """Settings a run recorded under an older name, in today's terms (same behaviour):
-    --pool_fraction p per round was --synthetic_multiple p * rounds in total, and
-    --synthesis (decode/residual) is --rendering."""
+    --pool_fraction p per round was --synthetic_multiple p * rounds in total,
+    --synthesis (decode/residual) is --rendering, and --synthetic_ratio (a number then) is
+    a string that may also say 'proportional'."""
     recorded = dict(recorded)
     if "pool_fraction" in recorded:
         rounds = recorded.get("rounds", TrainConfig.rounds)
         recorded.setdefault("synthetic_multiple", recorded.pop("pool_fraction") * rounds)
     if "synthesis" in recorded:
         recorded.setdefault("rendering", recorded.pop("synthesis"))
+    if isinstance(recorded.get("synthetic_ratio"), (int, float)):  # a number before
+        recorded["synthetic_ratio"] = str(recorded["synthetic_ratio"])
     return recorded
 
 
@@ -102,7 +106,11 @@ class TrainConfig:
     train_on: str = _field("real+synthetic", "'synthetic': train on the synthetic images only "
                            "(all made before the classifier trains; untargeted methods) and "
                            "test on real ones, the Classification Accuracy Score.", "TRAIN_ON")
-    synthetic_ratio: float = _field(0.5, "Share of each training batch that is synthetic.")
+    synthetic_ratio: str = _field("0.5", "Share of each training batch that is synthetic: a "
+                                  "number in (0, 1) (the same share whatever the amount), or "
+                                  "'proportional': the synthetic images' share of all "
+                                  "training images so far, as adding them to the dataset "
+                                  "would give (m / (1 + m) after the last round).")
     epsilon: float = _field(0.3, "Latent ball radius, relative to ||z0||_2.")
     step_size: float = _field(0.25, "Ascent step length, relative to the ball radius.")
     ascent_steps: int = _field(10, "Gradient ascent steps per synthetic image.")
@@ -258,6 +266,14 @@ def _at_least(low):
     return lambda value: value >= low
 
 
+def _number(text: str) -> float:
+    """A string setting's number; NaN (outside every range) when it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def _positive(value) -> bool:
     return value > 0
 
@@ -275,7 +291,8 @@ _RULES = (
     ("val_fraction", _between(0.0, 1.0), "in (0, 1)"),
     ("rounds", _at_least(0), ">= 0"),
     ("synthetic_multiple", _positive, "> 0"),
-    ("synthetic_ratio", _between(0.0, 1.0), "in (0, 1)"),
+    ("synthetic_ratio", lambda value: value == PROPORTIONAL or _between(0.0, 1.0)(
+        _number(value)), f"a number in (0, 1) or '{PROPORTIONAL}'"),
     ("epsilon", _positive, "> 0"),
     ("step_size", _positive, "> 0"),
     ("ascent_steps", _at_least(1), ">= 1"),

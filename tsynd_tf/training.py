@@ -15,8 +15,9 @@ its batch stream at the resumed epoch, and a pool read back restores the dropout
 generation left, so on CPU a killed and resumed run ends bitwise equal to an uninterrupted one.
 
 All methods train with the same batch size and number of steps per epoch, so they differ
-only in what the batches hold: `baseline` real images only; the others a fixed share
-(`synthetic_ratio`) of synthetic images from every pool generated so far, the pools together
+only in what the batches hold: `baseline` real images only; the others a share
+(`synthetic_ratio`: fixed, or 'proportional' to the pools' size so far, data/pipeline.py's
+synthetic_per_batch) of synthetic images from every pool generated so far, the pools together
 `synthetic_multiple` times the labelled images. With `--train_on=synthetic` every pool is
 made first and every batch is synthetic (the Classification Accuracy Score). The quality of
 the pools is measured when training ends (finishing.py), after the classifier's last step,

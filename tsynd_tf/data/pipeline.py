@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tsynd_tf.config import PROPORTIONAL
+
 AUGMENT_TRANSLATION = 0.05  # fraction of height/width: a few pixels, label-preserving
 
 
@@ -88,9 +90,18 @@ def interleaving_order(n_real: int, n_synthetic: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
+def synthetic_per_batch(config, n_real: int, n_synthetic: int) -> int:
+    """Synthetic images in each batch: --synthetic_ratio of it, or with 'proportional' the
+    synthetic images' share of all training images (n_synthetic / (n_real + n_synthetic)),
+    at least one and at most batch_size - 1 either way."""
+    share = (n_synthetic / (n_real + n_synthetic) if config.synthetic_ratio == PROPORTIONAL
+             else float(config.synthetic_ratio))
+    return min(config.batch_size - 1, max(1, round(share * config.batch_size)))
+
+
 def classifier_batches(real, synthetic, config, seed: int, replicas: int = 1) -> tf.data.Dataset:
     """Endless training batches of `config.batch_size`: real only, or real and synthetic
-    (data.Split each) with `config.synthetic_ratio` of every batch synthetic.
+    (data.Split each) with `synthetic_per_batch` of every batch synthetic.
 
     With several replicas (a distribution strategy) the two parts are interleaved: each
     replica gets a contiguous slice of the batch and normalises it with its own BatchNorm
@@ -99,7 +110,7 @@ def classifier_batches(real, synthetic, config, seed: int, replicas: int = 1) ->
     if synthetic is None or len(synthetic) == 0:
         return make_pipeline(real.images, real.targets, config.batch_size, shuffle=True,
                              seed=seed, augment=config.augment, repeat=True)
-    n_synthetic = max(1, round(config.synthetic_ratio * config.batch_size))
+    n_synthetic = synthetic_per_batch(config, len(real), len(synthetic))
     real_ds = make_pipeline(real.images, real.targets, config.batch_size - n_synthetic,
                             shuffle=True, seed=seed, augment=config.augment, repeat=True)
     synthetic_ds = make_pipeline(synthetic.images, synthetic.targets, n_synthetic,
