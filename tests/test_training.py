@@ -210,7 +210,7 @@ def test_resuming_with_other_flags_is_refused(uninterrupted, medmnist_dir):
     (["--train_fraction=1.5"], "--train_fraction must be in (0, 1]"),
     (["--size=32"], "--size must be one of"),
     (["--num_samples=1"], "--num_samples must be >= 2"),
-    (["--synthetic_ratio=1"], "--synthetic_ratio must be a number in (0, 1) or .proportional."),
+    (["--synthetic_ratio=1"], "--synthetic_ratio must be a number in (0, 1) or 'proportional'"),
     (["--steps_per_epoch=-1"], "--steps_per_epoch must be >= 0"),
     (["--learning_rate=-1"], "--learning_rate must be > 0"),
     (["--latent_channels=0"], "--latent_channels must be >= 1"),
