@@ -21,12 +21,13 @@ from tsynd_tf import evaluation, models, uncertainty
 
 
 def mc_metrics(classifier, split, batches, info, num_samples: int, seed: int) -> dict:
-    """MC-averaged acc/auc/nll/ece and mean MI/entropy of the classifier on a split."""
+    """MC-averaged acc/auc/balanced_acc/nll/ece and mean MI/entropy of the classifier on a
+    split (balanced_acc: the comparison reports it at the end of training too)."""
     # The same dropout masks at every epoch: model selection compares weights, not draws.
     with evaluation.seeded_dropout(classifier, seed):
         out = uncertainty.mc_predict(classifier, batches, num_samples, info.multilabel)
     metrics = evaluation.classification_metrics(split.targets, out["probs"], info)
-    metrics = {k: v for k, v in metrics.items() if k in ("acc", "auc", "nll", "ece")}
+    metrics = {k: v for k, v in metrics.items() if k in ("acc", "auc", "balanced_acc", "nll", "ece")}
     metrics["mi"] = float(out["mutual_information"].mean())
     metrics["entropy"] = float(out["predictive_entropy"].mean())
     return metrics
