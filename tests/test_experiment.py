@@ -71,6 +71,9 @@ def test_sweep_writes_its_plan_then_one_result_line_per_cell(sweep):
         assert record["training"]["num_labelled"] == TINY_TRAIN_COUNT
         assert record["started"] <= record["finished"]  # UTC ISO strings sort by time
         assert record["sweep_command"].startswith("python -m tsynd_tf.experiment --configs=")
+        # The line carries the settings (run directories stay on the machine that ran them).
+        assert (record["flags"]["method"], record["flags"]["seed"]) == (record["method"], 0)
+        assert record["flags"]["ae_epochs"] == 1 and record["evaluation"]["pgd_steps"] == 1
 
 
 def test_restarted_sweep_runs_nothing(sweep):
@@ -228,6 +231,20 @@ def test_report_claims_table_pairs_the_methods_it_has(report):
                                            "equal)"], row
     # The config's robustness-area table.
     assert "| method | Gaussian ACC | Gaussian bal. ACC | FGSM ACC |" in page
+
+
+def test_report_settings_come_from_the_lines_when_the_runs_are_gone(report, tmp_path):
+    """A committed results file read on another machine: no run directory is there."""
+    gone = tmp_path / "sweep"
+    gone.mkdir()
+    lines = [{**r, "run_dir": str(tmp_path / "elsewhere" / r["cell"])}
+             for r in report["records"]]
+    runs.SweepDir(gone).results_file.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    page_path = tmp_path / "RESULTS.md"
+    run_module("tsynd_tf.report", f"--sweep_dir={gone}", f"--output={page_path}",
+               "--nomodel_figures")
+    page = page_path.read_text()
+    assert "--ae_epochs=1 " in page and '"pgd_steps": 1' in page
 
 
 def test_report_states_the_sweep_command_and_wall_time(report):

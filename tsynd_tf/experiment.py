@@ -298,7 +298,11 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
             "train_count": flag_values["train_count"], "method": method, "seed": seed,
             "run_dir": str(run_dir), "seconds": seconds, "training": training,
             "metrics": evaluation["metrics"], "started": started, "finished": utc_now(),
-            "sweep_command": settings.sweep_command}
+            "sweep_command": settings.sweep_command,
+            # The run directory stays on the machine that ran the cell; the line is the
+            # record that travels (committed), so it carries the settings the page names.
+            "flags": flag_values, "evaluation": evaluation.get("settings", {}),
+            "quality": run_dir.read_quality()}
 
 
 def make_launcher() -> launchers.LocalLauncher | launchers.RayLauncher:

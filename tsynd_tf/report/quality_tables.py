@@ -27,8 +27,7 @@ def _mean(values) -> str:
 
 def _labelled_floor(config: Config) -> list[str] | None:
     """The real labelled images measured like a pool, mean over the runs that hold it."""
-    measured = [q["labelled"] for q in (config.run_dir(r).read_quality()
-                                        for r in config.records) if q]
+    measured = [q["labelled"] for q in map(config.quality, config.records) if q]
     if not measured:
         return None
     return ["real labelled images (floor)", str(measured[0].get("num_images", "n/a")), "—",

@@ -137,6 +137,22 @@ class Config:
     def run_dir(self, record: dict):
         return run_dir(self.sweep_dir, record)
 
+    def flags(self, record: dict) -> dict:
+        """The cell's training flags: from its results line (cells since 2026-12-06), else
+        its run directory's config.json; {} where neither is left."""
+        return record.get("flags") or self.run_dir(record).read_flags() or {}
+
+    def evaluation_settings(self, record: dict) -> dict:
+        """The settings of the cell's test evaluation (line, else eval_test.json)."""
+        if "evaluation" in record:
+            return record["evaluation"]
+        return (self.run_dir(record).read_eval("test") or {}).get("settings", {})
+
+    def quality(self, record: dict) -> dict | None:
+        """The cell's quality.json (per-pool quality; None for methods that make no
+        images): from its results line, else its run directory."""
+        return record.get("quality") or self.run_dir(record).read_quality()
+
     def by_method(self, method: str) -> list[dict]:
         return [r for r in self.records if r["method"] == method]
 
@@ -275,7 +291,7 @@ def pre_synthetic_counts(config: Config, method: str) -> str:
     known = early = 0
     for r in config.by_method(method):
         directory = config.run_dir(r)
-        flag_values = directory.read_flags() or {}
+        flag_values = config.flags(r)
         epoch = selected_epoch(r, directory)
         if epoch is not None and "initial_epochs" in flag_values:
             known += 1

@@ -234,13 +234,12 @@ def settings_section(configs: list[Config]) -> list[str]:
              f"({example.eval_file('test').name}).", "",
              "<details><summary>Flags</summary>", ""]
     for config in configs:
-        flag_sets = [config.run_dir(r).read_flags() or {} for r in config.records]
+        flag_sets = [config.flags(r) for r in config.records]
         shared = {k: v for k, v in flag_sets[0].items()
                   if k not in CELL_FLAGS and all(f.get(k) == v for f in flag_sets)}
         lines.append(f"- `{config.name}`: `" +
                      " ".join(f"--{k}={v}" for k, v in sorted(shared.items())) + "`")
-        evaluation = config.run_dir(config.records[0]).read_eval("test") or {}
-        settings = {k: v for k, v in evaluation.get("settings", {}).items()
+        settings = {k: v for k, v in config.evaluation_settings(config.records[0]).items()
                     if k not in ("seconds", "seed")}
         lines.append(f"  - evaluation: `{json.dumps(settings, sort_keys=True)}`")
     return lines + ["", "</details>", ""]
@@ -366,7 +365,7 @@ def reference_section(configs: list[Config]) -> list[str]:
     rows = []
     for config in full:
         published = PUBLISHED_RESNET18_28.get(config.dataset, {})
-        flag_values = config.run_dir(config.records[0]).read_flags() or {}
+        flag_values = config.flags(config.records[0])
         for method in config.methods:
             rows.append([config.dataset, f"`{method}`", flag_values.get("classifier", "?"),
                          len(config.by_method(method)),
