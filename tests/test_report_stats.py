@@ -116,7 +116,8 @@ def test_mean_std_and_formats():
 
 def test_statistics_and_tables_import_without_tensorflow():
     code = ("import sys, tsynd_tf.report.stats, tsynd_tf.report.tables, "
-            "tsynd_tf.report.figures, tsynd_tf.report.robust_tables; "
+            "tsynd_tf.report.figures, tsynd_tf.report.robust_tables, tsynd_tf.report.comparison, "
+            "tsynd_tf.report.amount_cas; "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     done = run_command([sys.executable, "-c", code])
     assert done.stdout.strip() == "[]", done

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tsynd_tf import cli
 from tsynd_tf.fileio import atomic_path
-from tsynd_tf.report import figures, quality_tables, records, robust_tables, tables
+from tsynd_tf.report import (amount_cas, comparison, figures, quality_tables, records,
+                             robust_tables, tables)
 
 
 def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
@@ -24,15 +25,21 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
     configs = records.group_configs(finished, sweep_dir)
     robust = records.robust_keys(finished)
     planned = records.read_planned_cells(results_file)
+    # First the answer (which synthetic data helped, how much, alone, and whether quality
+    # predicted it), then the paper's claims and the details per config.
     lines = [f"# {title}", "", *tables.header_section(finished, configs, planned, sweep_dir),
-             "", *tables.claims_section(configs), *tables.overview_section(configs),
+             "", *comparison.answer_section(configs),
+             *amount_cas.amount_section(configs, figures_dir, output.parent),
+             *amount_cas.cas_section(configs), *amount_cas.quality_gain_section(configs),
+             *comparison.per_class_section(configs),
+             *tables.claims_section(configs), *tables.overview_section(configs),
              *tables.settings_section(configs), "## Results per config", ""]
     for config in configs:
         lines += tables.config_section(config, robust)
         lines += robust_tables.area_section(config) + robust_tables.corruption_section(config)
         lines += tables.paired_section(config, robust)
     lines += quality_tables.quality_section(configs)
-    lines += tables.reference_section(configs)
+    lines += comparison.cost_section(configs) + tables.reference_section(configs)
     lines += figures.figures_section(configs, robust, figures_dir, output.parent)
     if model_figures:
         from tsynd_tf.report.model_figures import model_figures_section

@@ -113,3 +113,31 @@ def format_mean_std(values) -> str:
     if math.isnan(mean):
         return "–"
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def mean_interval(values) -> tuple[float, float | None, float | None]:
+    """Mean and its 95% t-interval over independent values (e.g. seeds); the interval is
+    None with fewer than 2 values."""
+    v = np.asarray(list(values), np.float64)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else math.nan), None, None
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def spearman(x, y) -> dict:
+    """Spearman's rank correlation of paired values with a 95% interval and p-value: n, rho,
+    ci (Fisher z of rho with the variance 1.06 / (n - 3) of Fieller, Hartley and Pearson
+    1957, the usual interval for Spearman's rho; None below 5 points) and the p of
+    scipy.stats.spearmanr (None below 3 points or for constant values)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    out = {"n": len(x), "rho": None, "ci": None, "p": None}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    result = stats.spearmanr(x, y)
+    out["rho"], out["p"] = float(result.statistic), float(result.pvalue)
+    if len(x) >= 5:
+        z, half = np.arctanh(np.clip(out["rho"], -0.999999, 0.999999)), 1.96 * math.sqrt(
+            1.06 / (len(x) - 3))
+        out["ci"] = (float(np.tanh(z - half)), float(np.tanh(z + half)))
+    return out

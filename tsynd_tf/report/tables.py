@@ -234,7 +234,8 @@ def settings_section(configs: list[Config]) -> list[str]:
              f"({example.eval_file('test').name}).", "",
              "<details><summary>Flags</summary>", ""]
     for config in configs:
-        flag_sets = [config.flags(r) for r in config.records]
+        # Cells whose settings are lost (older lines, run directories elsewhere) say nothing.
+        flag_sets = [f for f in map(config.flags, config.records) if f] or [{}]
         shared = {k: v for k, v in flag_sets[0].items()
                   if k not in CELL_FLAGS and all(f.get(k) == v for f in flag_sets)}
         lines.append(f"- `{config.name}`: `" +

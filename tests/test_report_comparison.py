@@ -1,0 +1,171 @@
+"""The comparison's sections of the report (tsynd_tf.report.comparison and amount_cas) from
+hand-made result lines: the answer table's differences, intervals and Holm family, per-class
+recall, the amount curve, the synthetic-only table and Spearman's rho of quality with gain,
+each checked against scipy or a hand computation."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from tsynd_tf.report.records import Config
+from tsynd_tf.report.stats import holm, spearman
+
+SEEDS = range(5)
+NOISE = (0.004, -0.002, 0.001, -0.003, 0.0)  # per seed: the spread of a paired difference
+
+
+def line(config: str, method: str, seed: int, auc: float, bal: float, *, flags=None,
+         training=None, metrics=None, num_labelled=100) -> dict:
+    """A results line as tsynd_tf.experiment writes it, with what the sections read."""
+    return {"cell": f"{config}_{method}_s{seed}", "run_dir": "/nonexistent", "config": config,
+            "method": method, "seed": seed, "dataset": "d", "train_count": 0,
+            "train_fraction": 0.1, "seconds": {"train": 60.0, "evaluate": 30.0},
+            "flags": {"train_on": "real+synthetic", "synthetic_multiple": 5.0,
+                      "synthetic_ratio": "0.5", **(flags or {})},
+            "training": {"num_labelled": num_labelled, "last/test/auc": auc - 0.01,
+                         "last/test/balanced_acc": bal, **(training or {})},
+            "metrics": {"test/auc": auc, "test/balanced_acc": bal, **(metrics or {})}}
+
+
+def config_of(name: str, gains: dict, tmp_path, **kwargs) -> Config:
+    """baseline (AUC 0.90 + 0.01 * seed) and methods whose AUC is the baseline's plus
+    gain + NOISE[seed]; balanced accuracy 0.7 for all."""
+    records = []
+    for seed in SEEDS:
+        records.append(line(name, "baseline", seed, 0.90 + 0.01 * seed, 0.7, **kwargs))
+        for method, gain in gains.items():
+            records.append(line(name, method, seed, 0.90 + 0.01 * seed + gain + NOISE[seed],
+                                0.7, **kwargs))
+    return Config(name, records, tmp_path)
+
+
+def rows_of(lines: list[str], first: str) -> list[list[str]]:
+    return [[c.strip() for c in row.strip("|").split("|")]
+            for row in "\n".join(lines).splitlines() if row.startswith(f"| {first}")]
+
+
+def test_answer_table_pairs_by_seed_and_corrects_over_the_whole_table(tmp_path):
+    from tsynd_tf.report.comparison import answer_section, answer_tests
+
+    big = config_of("big", {"gan": 0.05, "augment": 0.003}, tmp_path)
+    small = config_of("small", {"gan": 0.0}, tmp_path)
+    tests = answer_tests([big, small])
+    # 3 (config, method) rows x 2 views x 2 metrics; balanced accuracy never differs (no
+    # test), AUC at the best and at the end of training: 6 defined tests in the family.
+    assert len(tests) == 12
+    defined = [t for t in tests if t["t_p"] is not None]
+    assert len(defined) == 6
+    x = np.array([0.05 + n for n in NOISE])
+    p = scipy_stats.ttest_1samp(x, 0.0).pvalue
+    gan = next(t for t in tests if t["config"] is big and t["method"] == "gan"
+               and t["metric"] == "AUC" and t["view"] == "best on val.")
+    assert gan["mean"] == pytest.approx(x.mean()) and gan["t_p"] == pytest.approx(p)
+    assert gan["holm_p"] == pytest.approx(holm([t["t_p"] for t in defined])[
+        defined.index(gan)])
+    lines = answer_section([big, small])
+    row = rows_of(lines, "`big` | `gan`")[0]
+    low, high = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    assert row[3] == f"**{x.mean():+.3f} [{low:+.3f}, {high:+.3f}]**"  # significant after Holm
+    assert row[4] == "+0.000"  # balanced accuracy: equal everywhere, no interval
+    assert "2 of 6 differences from the baseline are significant" in "\n".join(lines)
+
+
+def test_per_class_recall_shows_the_change_from_the_baseline(tmp_path):
+    from tsynd_tf.report.comparison import per_class_section
+
+    records = [line("c", method, seed, 0.9, 0.7, metrics={
+        "test/recall/normal": base + gain * (1 + seed), "test/recall/pneumonia": 0.95})
+        for seed in SEEDS for method, base, gain in (("baseline", 0.5, 0.0),
+                                                     ("diffusion", 0.5, 0.01))]
+    lines = per_class_section([Config("c", records, tmp_path)])
+    row = rows_of(lines, "`diffusion`")[0]
+    values = [0.5 + 0.01 * (1 + s) for s in SEEDS]
+    assert row[1] == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} (Δ +0.030)"
+    assert row[2] == "0.950 ± 0.000 (Δ +0.000)"
+
+
+def test_amount_curve_reads_the_amount_and_share_from_the_flags(tmp_path):
+    from tsynd_tf.report.amount_cas import amount_curves, amount_section
+
+    home = config_of("main", {"gan": 0.01}, tmp_path)
+    amounts = [config_of(f"x{m}", {"gan": 0.002 * m}, tmp_path,
+                         flags={"synthetic_multiple": float(m),
+                                "synthetic_ratio": "proportional"}) for m in (1, 2, 10)]
+    # Without a baseline of their own: the amount configs are read against main's.
+    amounts = [Config(c.name, [r for r in c.records if r["method"] != "baseline"], tmp_path)
+               for c in amounts]
+    (found_home, points), = amount_curves([home, *amounts])
+    assert found_home is home
+    assert sorted(points) == [("gan", "0.5"), ("gan", "proportional")]
+    assert sorted(points[("gan", "proportional")]) == [1.0, 2.0, 10.0]
+    lines = amount_section([home, *amounts], tmp_path / "figures", tmp_path)
+    row = rows_of(lines, "`gan` | proportional")[0]
+    x = np.array([0.02 + n for n in NOISE])  # 10x: 0.002 * 10 over the baseline
+    low, high = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    assert row[2:] == ["+0.002" + _ci(0.002), "+0.004" + _ci(0.004),
+                       "", f"{x.mean():+.3f} [{low:+.3f}, {high:+.3f}]"]
+    assert (tmp_path / "figures" / "amount_main.png").stat().st_size > 10_000
+
+
+def _ci(gain: float) -> str:
+    x = np.array([gain + n for n in NOISE])
+    low, high = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    return f" [{low:+.3f}, {high:+.3f}]"
+
+
+def test_synthetic_only_table_pairs_with_the_labelled_baseline_and_names_the_real_one(
+        tmp_path):
+    from tsynd_tf.report.amount_cas import cas_section
+
+    home = config_of("main", {}, tmp_path)
+    cas = config_of("cas", {"diffusion": -0.05}, tmp_path, flags={"train_on": "synthetic"},
+                    training={"num_synthetic": 500})
+    cas = Config("cas", cas.by_method("diffusion"), tmp_path)
+    real = Config("real", [line("real", "baseline", s, 0.95, 0.8, num_labelled=480)
+                           for s in SEEDS], tmp_path)
+    too_small = Config("tiny", [line("tiny", "baseline", s, 0.5, 0.5, num_labelled=100)
+                                for s in SEEDS], tmp_path)
+    row, = rows_of(cas_section([home, cas, real, too_small]), "`cas`")
+    x = np.array([-0.05 + n for n in NOISE])
+    low, high = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    assert row[2:4] == ["5", "500"]
+    assert row[6] == f"{x.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
+    assert row[7] == "0.950 ± 0.000 (`real`, 480)"
+
+
+def test_spearman_matches_scipy_with_the_fieller_interval():
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [0.1, 0.3, 0.2, 0.5, 0.4, 0.7, 0.6]
+    result = spearman(x, y)
+    expected = scipy_stats.spearmanr(x, y)
+    assert result["rho"] == pytest.approx(expected.statistic)
+    assert result["p"] == pytest.approx(expected.pvalue)
+    half = 1.96 * math.sqrt(1.06 / (7 - 3))
+    assert result["ci"] == pytest.approx((math.tanh(math.atanh(result["rho"]) - half),
+                                          math.tanh(math.atanh(result["rho"]) + half)))
+    assert spearman([1, 2], [1, 2])["rho"] is None  # fewer than 3 points
+    assert spearman([1, 2, 3, 4], [1, 1, 1, 1])["rho"] is None  # constant gain
+    assert spearman([1, 2, 3, 4], [1, 2, 4, 3])["ci"] is None  # interval from 5 points
+
+
+def test_quality_gain_correlates_each_validated_metric_across_config_and_method(tmp_path):
+    from tsynd_tf.report.amount_cas import quality_gain_points, quality_gain_section
+
+    # Lower FID, more gain: rho -1 over the four (config, method) points.
+    configs = []
+    for name, gains in (("a", {"gan": 0.01, "diffusion": 0.03}),
+                        ("b", {"gan": 0.02, "diffusion": 0.04})):
+        config = config_of(name, gains, tmp_path)
+        for r in config.records:
+            if r["method"] != "baseline":
+                fid = 10.0 - 100 * gains[r["method"]]
+                r["training"].update({"quality/fid": fid, "quality/kid": fid,
+                                      "quality/precision": 0.5, "quality/recall": 0.5})
+        configs.append(config)
+    points = quality_gain_points(configs, "fid", "test/auc")
+    assert np.array(sorted(points)) == pytest.approx(np.array(
+        [(6.0, 0.04), (7.0, 0.03), (8.0, 0.02), (9.0, 0.01)]))
+    rows = rows_of(quality_gain_section(configs), "FID")
+    assert rows[0][1:3] == ["4", "-1.00"]  # 4 points: no interval below 5
+    assert rows_of(quality_gain_section(configs), "precision")[0][2] == "n/a"  # constant
