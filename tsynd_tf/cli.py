@@ -1,6 +1,6 @@
 """The entry points' one convention for errors and exit codes.
 
-Every command (`python -m tsynd_tf.<train|evaluate|export|predict|experiment|report>`)
+Every command (`python -m tsynd_tf.<train|evaluate|export|predict|experiment|report|compare>`)
 starts with `cli.run(main)`. Exit codes:
 
   0  done

@@ -40,7 +40,6 @@ import datetime
 import itertools
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -126,25 +125,6 @@ def parse_rerun_before(text: str | None) -> datetime.datetime | None:
         raise cli.UsageError(f"--rerun_before={text!r} must be an ISO time with its UTC "
                              "offset, e.g. 2026-12-01T20:30:00+00:00.")
     return cutoff
-
-
-def die_with_parent():
-    """A preexec_fn for the cells' processes: on Linux the kernel SIGKILLs the child when
-    the thread that started it ends, the sweep's death (kill -9 included) with it. None
-    elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()  # before the fork
-    pr_set_pdeathsig = 1
-
-    def preexec():
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the sweep died before prctl took hold
-            os._exit(1)
-
-    return preexec
 
 
 def split_args(flag_name: str) -> list[str]:
@@ -283,7 +263,8 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
             log.write(f"\n$ {' '.join(command)}\n")
             log.flush()
             done = subprocess.run(command, env=env, cwd=settings.cwd, stdout=log,
-                                  stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+                                  stderr=subprocess.STDOUT,
+                                  preexec_fn=launchers.die_with_parent())
             if done.returncode != 0:
                 raise RuntimeError(f"{name}: {step} failed (exit {done.returncode}); see "
                                    f"{log_path}")

@@ -14,7 +14,7 @@ RuntimeError it failed with: the sweep, in the driver process, alone appends to
 results.jsonl, and a failed cell is counted there and does not stop the others. Ray retries
 a task whose worker process or node was lost (RETRIES times); the retried cell's train
 resumes from the checkpoint in its run directory. The lost train process died with its
-worker (`experiment.die_with_parent`), which released its flock on train.lock, so the
+worker (`die_with_parent`), which released its flock on train.lock, so the
 retry's train takes the lock over (runs.RunDir.lock). A cell that fails on its own (a
 RuntimeError) is not retried: it fails once, as under the local launcher. Ray sends
 `run_cell` to its workers by value (the sweep runs as __main__); they import the rest of
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import socket
+import sys
 from typing import Callable, Iterator
 
 from tsynd_tf import cli
@@ -39,6 +41,26 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 FORWARDED_PREFIX = "TSYND_"
 
 Outcome = tuple[str, "dict | RuntimeError"]
+
+
+def die_with_parent():
+    """A preexec_fn for the cells' processes (and compare's sweep): on Linux the kernel
+    SIGKILLs the child when the thread that started it ends, the parent's death (kill -9
+    included) with it, so no training outlives the command that started it. None
+    elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()  # before the fork
+    pr_set_pdeathsig = 1
+
+    def preexec():
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took hold
+            os._exit(1)
+
+    return preexec
 
 
 class LocalLauncher:

@@ -87,6 +87,30 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     return classes
 
 
+def _check_same_classes(split_dir: Path, found: list[str], class_names: list[str]) -> None:
+    if found != class_names:
+        raise DataError(f"{split_dir} has classes {found} but train has {class_names}; every "
+                        "split needs the same class folders.")
+
+
+def check_layout(root: str | Path) -> list[str]:
+    """The class names of an image folder, from its layout alone (no image is read):
+    DataError when the folder, train/ or test/ is missing, train/ has fewer than two class
+    folders, a class folder holds no image, or test/ (or val/) has other classes. The
+    checks load_image_folder makes first; compare makes them before a sweep starts."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Image folder {root} does not exist (--data_dir).")
+    class_names = sorted(_class_files(root / "train"))
+    if len(class_names) < 2:
+        raise DataError(f"{root / 'train'} has one class folder ({class_names}); a "
+                        "classifier needs at least two.")
+    for split in ("test", "val"):
+        if split == "test" or (root / split).is_dir():
+            _check_same_classes(root / split, sorted(_class_files(root / split)), class_names)
+    return class_names
+
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how PIL opens 16-bit grayscale PNGs
 
 
@@ -134,9 +158,7 @@ def read_images(paths: list[Path], size: int, channels: int
 def _load_split(split_dir: Path, class_names: list[str], size: int, channels: int
                 ) -> tuple[Split, list[str]]:
     classes = _class_files(split_dir)
-    if sorted(classes) != class_names:
-        raise DataError(f"{split_dir} has classes {sorted(classes)} but train has "
-                        f"{class_names}; every split needs the same class folders.")
+    _check_same_classes(split_dir, sorted(classes), class_names)
     paths = [p for name in class_names for p in classes[name]]
     labels = np.array([i for i, name in enumerate(class_names) for _ in classes[name]])
     images, bad = read_images(paths, size, channels)
@@ -153,16 +175,11 @@ def load_image_folder(root: str | Path, size: int = 28, channels: int = 1,
                       val_fraction: float = 0.1, seed: int = 0,
                       group_pattern: str = KERMANY_GROUP_PATTERN) -> Dataset:
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"Image folder {root} does not exist (--data_dir).")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1); got {val_fraction}.")
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3; got {channels}.")
-    class_names = sorted(_class_files(root / "train"))
-    if len(class_names) < 2:
-        raise DataError(f"{root / 'train'} has one class folder ({class_names}); a "
-                        "classifier needs at least two.")
+    class_names = check_layout(root)
     train, train_files = _load_split(root / "train", class_names, size, channels)
     test, test_files = _load_split(root / "test", class_names, size, channels)
     if (root / "val").is_dir():

@@ -119,7 +119,10 @@ class Config:
     def label(self) -> str:
         share = (f"{self.train_count} labelled images" if self.train_count else
                  f"{100 * self.train_fraction:g}% of the labels ({self.num_labelled} images)")
-        return f"{self.dataset}, {share}"
+        dataset = self.dataset
+        if dataset == "folder":  # an image folder (--dataset=folder) is named by its folder
+            dataset = Path(self.flags(self.records[0]).get("data_dir", "folder")).name
+        return f"{dataset}, {share}"
 
     @property
     def full_data(self) -> bool:
