@@ -240,8 +240,8 @@ def settings_section(configs: list[Config]) -> list[str]:
                   if k not in CELL_FLAGS and all(f.get(k) == v for f in flag_sets)}
         lines.append(f"- `{config.name}`: `" +
                      " ".join(f"--{k}={v}" for k, v in sorted(shared.items())) + "`")
-        settings = {k: v for k, v in config.evaluation_settings(config.records[0]).items()
-                    if k not in ("seconds", "seed")}
+        recorded = next(filter(None, map(config.evaluation_settings, config.records)), {})
+        settings = {k: v for k, v in recorded.items() if k not in ("seconds", "seed")}
         lines.append(f"  - evaluation: `{json.dumps(settings, sort_keys=True)}`")
     return lines + ["", "</details>", ""]
 
