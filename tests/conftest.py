@@ -7,8 +7,12 @@ Importable by test modules (`from conftest import ...`):
   run_module(module, *args, ...)      the same for `python -m module args`
   subprocess_env(**extra)             that environment, for Popen
   reproducible(results)               a results.json dict less what differs between equal runs
-Fixtures: medmnist_dir, chest_xray_dir, small_xray_dir, pneumonia, trained_classifier and
-write_run_dir (a run directory holding trained_classifier).
+  TINY_SWEEP_CONFIG, TINY_SWEEP_METHODS, TINY_EVAL_ARGS, run_tiny_sweep(config, sweep_dir,
+  data_dir)                           the tiny sweep of tiny_sweep, and running it again
+Fixtures: medmnist_dir, chest_xray_dir, small_xray_dir, pneumonia, breast, trained_classifier,
+write_run_dir (a run directory holding trained_classifier), breast_meter (BreastMNIST's
+default quality reference, trained once per session into a cache of its own) and tiny_sweep
+(a real tiny sweep, run once per session: read it, copy its results file, never change it).
 """
 
 import atexit
@@ -34,6 +38,13 @@ TINY_TRAIN_FLAGS = [
     "--num_samples=4", "--export_dir=", "--verbose=2", "--synthetic_multiple=1",
     "--pool_quality=false",
 ]
+
+
+# A sweep of TINY_TRAIN_FLAGS cells (~15 s each) evaluated in seconds: tiny_sweep.
+TINY_SWEEP_CONFIG = "\n".join([*TINY_TRAIN_FLAGS, "--rendering=residual"]) + "\n"
+TINY_SWEEP_METHODS = ("baseline", "tsynd_mi")
+TINY_EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 "
+                  "--pgd_steps=1 --max_examples=64")
 
 
 # Generators and reference classifiers that tests train go to a model cache of the session's
@@ -102,6 +113,14 @@ def run_module(module: str, *args, **kwargs) -> Output:
     return run_command([sys.executable, "-m", module, *args], **kwargs)
 
 
+def run_tiny_sweep(config: Path, sweep_dir: Path, data_dir: Path) -> str:
+    """tsynd_tf.experiment of TINY_SWEEP_METHODS x 1 seed on `config`; its output."""
+    return run_module("tsynd_tf.experiment", f"--configs={config}",
+                      f"--methods={','.join(TINY_SWEEP_METHODS)}", "--num_seeds=1",
+                      f"--sweep_dir={sweep_dir}", f"--eval_args={TINY_EVAL_ARGS}",
+                      data_dir=data_dir)
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -132,6 +151,13 @@ def pneumonia(medmnist_dir):
     from tsynd_tf.data import load_medmnist
 
     return load_medmnist("pneumoniamnist", 28, str(medmnist_dir), download=False)
+
+
+@pytest.fixture(scope="session")
+def breast(medmnist_dir):
+    from tsynd_tf.data import load_medmnist
+
+    return load_medmnist("breastmnist", 28, str(medmnist_dir), download=False)
 
 
 # ----------------------------------------------------------------------------- models
@@ -186,3 +212,32 @@ def write_run_dir(trained_classifier, pneumonia, medmnist_dir):
         return run_dir
 
     return write
+
+
+@pytest.fixture(scope="session")
+def breast_meter(breast, tmp_path_factory):
+    """(reference.PoolQuality, its cache_dir): BreastMNIST's default reference, trained into
+    an empty model cache of its own when first asked for (its record says loaded False), and
+    found there by whatever else measures BreastMNIST with --cache_dir at that folder (the
+    guidance scan, a run of test_pool_quality): the ~minute of training happens once."""
+    from tsynd_tf import reference
+
+    cache_dir = str(tmp_path_factory.mktemp("breast_reference_cache"))
+    return reference.PoolQuality(breast, cache_dir), cache_dir
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, medmnist_dir) -> dict:
+    """{'config', 'sweep_dir', 'log', 'data_dir'}: a real sweep of the TINY_SWEEP_CONFIG
+    config (named tiny) x TINY_SWEEP_METHODS x seed 0, run once per session (test_experiment
+    and test_pools_figure read it). Tests must not change it: one that writes results lines
+    or reports copies its results file to a sweep folder of its own (run_dir is absolute)."""
+    root = tmp_path_factory.mktemp("sweep")
+    config = root / "tiny.cfg"
+    config.write_text(TINY_SWEEP_CONFIG)
+    sweep_dir = root / "sweep"
+    log = run_tiny_sweep(config, sweep_dir, medmnist_dir)
+    return {"config": config, "sweep_dir": sweep_dir, "log": log, "data_dir": medmnist_dir}

@@ -1,6 +1,7 @@
 """The sweep runner, its report and Grad-CAM, on real PneumoniaMNIST.
 
-One tiny sweep (2 methods x 1 seed) is shared by the module. The report runs as a
+One tiny sweep (2 methods x 1 seed, conftest.tiny_sweep) is shared by the module and by the
+pools figure's page test (test_pools_figure). The report runs as a
 subprocess: tsynd_tf.report and tsynd_tf.experiment both define --sweep_dir, so the two
 cannot be imported into one process.
 """
@@ -14,36 +15,26 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_COUNT, TINY_TRAIN_FLAGS, run_command, run_module
+from conftest import (TINY_EVAL_ARGS, TINY_SWEEP_CONFIG, TINY_SWEEP_METHODS,
+                      TINY_TRAIN_COUNT, run_command, run_module, run_tiny_sweep)
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tsynd_tf import evaluation, explain, fileio, runs
 
-# Every stage runs (autoencoder, classifier, one generation round) in ~15 s per cell.
-TINY_CONFIG = "\n".join([*TINY_TRAIN_FLAGS, "--rendering=residual"]) + "\n"
-EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 --pgd_steps=1 "
-             "--max_examples=64")
-METHODS = ("baseline", "tsynd_mi")
+# The tiny sweep (conftest.tiny_sweep, shared with test_pools_figure): TINY_SWEEP_CONFIG,
+# every stage (autoencoder, classifier, one generation round) in ~15 s per cell.
+TINY_CONFIG = TINY_SWEEP_CONFIG
+EVAL_ARGS = TINY_EVAL_ARGS
+METHODS = TINY_SWEEP_METHODS
 FIGURES = ("accuracy_vs_fraction.png", "robustness.png", "pools_tiny.png", "mi_histograms.png",
            "synthetic_tiny.png", "grad_cam_tiny.png")
-
-
-def run_sweep(config: Path, sweep_dir: Path, data_dir: Path) -> str:
-    return run_module("tsynd_tf.experiment", f"--configs={config}",
-                      f"--methods={','.join(METHODS)}", "--num_seeds=1",
-                      f"--sweep_dir={sweep_dir}", f"--eval_args={EVAL_ARGS}",
-                      data_dir=data_dir)
+run_sweep = run_tiny_sweep
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, medmnist_dir):
-    root = tmp_path_factory.mktemp("sweep")
-    config = root / "tiny.cfg"
-    config.write_text(TINY_CONFIG)
-    sweep_dir = root / "sweep"
-    log = run_sweep(config, sweep_dir, medmnist_dir)
-    return {"config": config, "sweep_dir": sweep_dir, "log": log, "data_dir": medmnist_dir}
+def sweep(tiny_sweep):
+    return tiny_sweep
 
 
 def results_lines(sweep_dir: Path) -> list[str]:

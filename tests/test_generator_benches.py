@@ -21,9 +21,13 @@ def test_bad_values_exit_2_naming_the_flag_before_any_work(module, flag, value, 
     assert not list(tmp_path.iterdir())  # nothing measured, nothing written
 
 
-def test_a_guidance_scan_measures_every_scale_from_the_same_start(tmp_path, medmnist_dir):
+def test_a_guidance_scan_measures_every_scale_from_the_same_start(tmp_path, medmnist_dir,
+                                                                  breast_meter):
     output = tmp_path / "scan.jsonl"
+    # --cache_dir: breast_meter's (conftest), where BreastMNIST's reference is already
+    # trained; the scan's generator is trained into it on the first run, loaded on the second.
     args = ["--dataset=breastmnist", "--train_fraction=0.1", f"--data_dir={medmnist_dir}",
+            f"--cache_dir={breast_meter[1]}",
             "--scales=0.1,0.01", "--generator_steps=3", "--initial_epochs=1",
             "--num_images=32", "--ddim_steps=3", f"--output={output}",
             f"--grid_dir={tmp_path / 'grids'}"]

@@ -21,18 +21,8 @@ def breast_config(tmp_path, medmnist_dir, **overrides):
         cache_dir=str(tmp_path / "cache")), **overrides})
 
 
-@pytest.fixture(scope="module")
-def breast(medmnist_dir):
-    return data.load_medmnist("breastmnist", 28, str(medmnist_dir), download=False)
-
-
-@pytest.fixture(scope="module")
-def breast_meter(breast, tmp_path_factory):
-    """The default reference, trained into a model cache of this module's own."""
-    from tsynd_tf import reference
-
-    cache_dir = str(tmp_path_factory.mktemp("reference_cache"))
-    return reference.PoolQuality(breast, cache_dir), cache_dir
+# breast and breast_meter (conftest): BreastMNIST, and its default reference trained once per
+# session into an empty model cache of its own (the meter's record is that first training's).
 
 
 def test_real_images_score_better_than_noise_in_the_reference_features(breast, breast_meter):
@@ -121,11 +111,15 @@ def test_an_unknown_reference_recipe_is_refused_before_training(breast, tmp_path
     assert not list(tmp_path.iterdir())
 
 
-def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir, caplog):
+def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir, caplog,
+                                                   breast_meter):
     from tsynd_tf import reference, run_parts, training
     from tsynd_tf.runs import RunDir
 
-    config = breast_config(tmp_path, medmnist_dir, synthetic_multiple=3)
+    # The run's cache is breast_meter's: its reference (the same dataset and recipe) is
+    # loaded, not trained again (the training is what the first test checks).
+    config = breast_config(tmp_path, medmnist_dir, synthetic_multiple=3,
+                           cache_dir=breast_meter[1])
     with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
         results = training.Trainer(
             run_parts.assemble(config, RunDir(config.output_dir))).run()
@@ -136,6 +130,7 @@ def test_every_pool_of_a_generating_run_is_measured(tmp_path, medmnist_dir, capl
     assert results["quality/fid"] == measured["all"]["fid"] > 0
     assert 0 <= results["quality/precision"] <= 1 and 0 <= results["quality/recall"] <= 1
     assert measured["reference"]["settings"]["dataset"] == "breastmnist"
+    assert measured["reference"]["loaded"] is True  # breast_meter's, from the cache
     # The labelled images are training images: all memorised, in pixels and in features.
     assert measured["labelled"]["memorisation_pixels"] == 1.0
     assert measured["labelled"]["memorisation_features"] == 1.0

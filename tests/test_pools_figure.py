@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN_FLAGS, run_module
+from conftest import run_module
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,8 +17,6 @@ from tsynd_tf.report.pools_figure import labelled_images, pools_section, round_p
 from tsynd_tf.report.records import Config
 
 PER_CLASS, PAD = 4, 2
-EVAL_ARGS = ("--gaussian_sigmas=0,0.1 --fgsm_epsilons=0.01 --pgd_epsilons=0.01 --pgd_steps=1 "
-             "--max_examples=64")
 
 
 def tile(grid: np.ndarray, k: int, j: int, size: int = 28) -> np.ndarray:
@@ -174,28 +172,27 @@ def test_configs_without_pools_get_no_figure(pneumonia, medmnist_dir, tmp_path):
 # ----------------------------------------------------------------------------- the page
 
 
-def test_sweep_page_shows_the_pools_of_configs_that_generate(medmnist_dir, tmp_path):
-    """A real tiny sweep (baseline, augment, latent_noise), plus a config of its baseline
-    cell alone (its record under another config name): the page and its TensorBoard images
-    hold the first config's pools figure, and nothing for the second."""
-    config = tmp_path / "tiny.cfg"
-    config.write_text("\n".join(TINY_TRAIN_FLAGS) + "\n")
+def test_sweep_page_shows_the_pools_of_configs_that_generate(tiny_sweep, medmnist_dir,
+                                                             tmp_path):
+    """The session's real tiny sweep (conftest.tiny_sweep: baseline and tsynd_mi), its results
+    copied to a sweep folder of this test's own, plus a config of its baseline cell alone (its
+    record under another config name): the page and its TensorBoard images hold the first
+    config's pools figure, and nothing for the second."""
     sweep_dir = tmp_path / "sweep"
-    run_module("tsynd_tf.experiment", f"--configs={config}", "--num_seeds=1",
-               "--methods=baseline,augment,latent_noise", f"--sweep_dir={sweep_dir}",
-               f"--eval_args={EVAL_ARGS}", data_dir=medmnist_dir)
     results = runs.SweepDir(sweep_dir).results_file
-    baseline = next(r for r in map(json.loads, results.read_text().splitlines())
-                    if r.get("method") == "baseline")
-    with results.open("a") as f:  # its run_dir (absolute) still finds the run directory
-        f.write(json.dumps({**baseline, "config": "base", "cell": "base_baseline_s0"}) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    lines = runs.SweepDir(tiny_sweep["sweep_dir"]).results_file.read_text().splitlines()
+    baseline = next(r for r in map(json.loads, lines) if r.get("method") == "baseline")
+    # Its run_dir (absolute) still finds the run directory.
+    lines.append(json.dumps({**baseline, "config": "base", "cell": "base_baseline_s0"}))
+    results.write_text("\n".join(lines) + "\n")
     page_path = tmp_path / "docs" / "RESULTS.md"
     run_module("tsynd_tf.report", f"--sweep_dir={sweep_dir}", f"--output={page_path}",
                "--num_images=4", data_dir=medmnist_dir)
     page = page_path.read_text()
     assert "![pools tiny](figures/pools_tiny.png)" in page
     assert "pools_base" not in page and "Pools figure of `base`" not in page
-    assert ("Blocks, top to bottom: real (labelled), augment, latent_noise; blank tiles"
+    assert ("Blocks, top to bottom: real (labelled), tsynd_mi; blank tiles"
             in page)  # baseline holds no pool
     assert Image.open(page_path.parent / "figures" / "pools_tiny.png").size[1] > 100
     events = EventAccumulator(str(sweep_dir / "tensorboard" / "report")).Reload()
