@@ -80,10 +80,8 @@ flags.DEFINE_bool("model_figures", True, "The report's figures that load one see
 flags.mark_flags_as_required(["data_dir", "output"])
 
 FLAGS = flags.FLAGS
-# Training flags compare sets itself, and those the sweep sets per cell (experiment's
-# SET_BY_THE_SWEEP; not importable here: experiment's flags clash with compare's).
+# Training flags compare sets itself (the per-cell ones are train_config.SET_PER_CELL).
 OWN_FLAGS = ("dataset", "data_dir", "train_fraction", "size", "channels", "external_pool")
-PER_CELL = ("method", "seed", "output_dir", "export_dir", "cache_dir")
 
 
 def chosen_methods() -> list[str]:
@@ -140,7 +138,7 @@ def training_flags(data_dir: Path) -> tuple[list[str], train_config.TrainConfig]
     extra = parse_training(words)
     present = [f.name for f in dataclasses.fields(train_config.TrainConfig)
                if extra[f.name].present]
-    taken = [f"--{name}" for name in present if name in OWN_FLAGS + PER_CELL]
+    taken = [f"--{name}" for name in present if name in OWN_FLAGS + train_config.SET_PER_CELL]
     if taken:
         raise cli.UsageError(f"--train_args sets {', '.join(taken)}, which compare sets: "
                              "pass --data_dir, --train_fraction, --size, --channels and "

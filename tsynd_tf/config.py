@@ -35,6 +35,9 @@ RENDERINGS = ("decode", "residual")  # how a moved latent becomes an image (--re
 TRAIN_ON = ("real+synthetic", "synthetic")
 PROPORTIONAL = "proportional"  # --synthetic_ratio: the share follows the amount
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# Training flags a sweep sets per cell (tsynd_tf.experiment, tsynd_tf.compare): extra
+# training flags may not set them, or a cell would train another run than it names.
+SET_PER_CELL = ("method", "seed", "output_dir", "export_dir", "cache_dir")
 GENERATOR_SIZES = ("auto", "small", "large")  # "auto": large when a GPU is visible
 
 # Settings that may differ between a run and its resumption: they do not change the result

@@ -81,7 +81,7 @@ flags.mark_flags_as_required(["configs", "sweep_dir"])
 FLAGS = flags.FLAGS
 # What the sweep sets in each cell's commands (run_cell): --train_args or --eval_args that
 # set one would train or evaluate another cell than the one its results line names.
-SET_BY_THE_SWEEP = {"train_args": ("method", "seed", "output_dir", "export_dir", "cache_dir"),
+SET_BY_THE_SWEEP = {"train_args": train_config.SET_PER_CELL,
                     "eval_args": ("run_dir", "seed")}
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from tsynd_tf.report.comparison import answer_configs, train_on
 from tsynd_tf.report.figures import link, method_styles, save_figure
 from tsynd_tf.report.records import Config
-from tsynd_tf.report.stats import format_mean_std, format_p, mean_interval, paired_test, spearman
+from tsynd_tf.report.stats import (format_difference, format_mean_std, format_p,
+                                   mean_interval, paired_test, spearman)
 from tsynd_tf.report.tables import markdown_table
 
 # The metrics that got worse at >= 3 of the 5 image degradations on both datasets in the
@@ -28,13 +29,6 @@ from tsynd_tf.report.tables import markdown_table
 # 5 on PneumoniaMNIST) and diversity (2) did not. Lower is better for FID and KID.
 VALIDATED_QUALITY = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"),
                      ("recall", "recall"))
-
-
-def _interval(result: dict) -> str:
-    if not result["n"]:
-        return "–"
-    ci = f" [{result['ci'][0]:+.3f}, {result['ci'][1]:+.3f}]" if result["ci"] else ""
-    return f"{result['mean']:+.3f}{ci}"
 
 
 def subset_key(config: Config) -> tuple:
@@ -84,7 +78,7 @@ def amount_section(configs: list[Config], figures_dir: Path, page_dir: Path) -> 
             cells = []
             for amount in amounts:
                 config = by_amount.get(amount)
-                cells.append("" if config is None else _interval(paired_test(
+                cells.append("" if config is None else format_difference(paired_test(
                     config.values(method, "test/auc"), home.values("baseline", "test/auc"))))
             rows.append([f"`{method}`", share, *cells])
         path = figures_dir / f"amount_{home.name}.png"
@@ -149,7 +143,7 @@ def cas_section(configs: list[Config]) -> list[str]:
                 f"`{config.name}`", f"`{method}`", len(config.by_method(method)), count,
                 format_mean_std(config.values(method, "test/auc").values()),
                 format_mean_std(config.values(method, "test/balanced_acc").values()),
-                _interval(paired_test(config.values(method, "test/auc"),
+                format_difference(paired_test(config.values(method, "test/auc"),
                                       home.values("baseline", "test/auc"))) if home else "–",
                 f"{format_mean_std(real.values('baseline', 'test/auc').values())} "
                 f"(`{real.name}`, {real.num_labelled})" if real else "–"])

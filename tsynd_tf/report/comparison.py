@@ -19,7 +19,8 @@ import math
 import numpy as np
 
 from tsynd_tf.report.records import END_OF_TRAINING, Config, cell_seconds
-from tsynd_tf.report.stats import ALPHA, POWER, format_mean_std, format_p, holm, paired_test
+from tsynd_tf.report.stats import (ALPHA, POWER, format_difference, format_mean_std,
+                                   format_p, holm, paired_test)
 from tsynd_tf.report.tables import markdown_table
 
 # (metric key, name) x (key prefix, classifier): the four differences of the answer table.
@@ -60,11 +61,9 @@ def answer_tests(configs: list[Config]) -> list[dict]:
 
 def difference_cell(test: dict) -> str:
     """'+0.012 [−0.004, +0.028]', bold when significant after Holm, † when only before."""
+    text = format_difference(test)
     if not test["n"]:
-        return "–"
-    text = f"{test['mean']:+.3f}"
-    if test["ci"]:
-        text += f" [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}]"
+        return text
     holm_p = test.get("holm_p")
     if holm_p is not None and holm_p < ALPHA:
         return f"**{text}**"

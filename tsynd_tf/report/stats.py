@@ -107,6 +107,15 @@ def p_is(p: float | None, name: str = "p") -> str:
     return f"{name}{text}" if text.startswith("<") else f"{name}={text}"
 
 
+def format_difference(result: dict) -> str:
+    """A paired_test's mean and 95% t-interval, '+0.012 [-0.004, +0.028]' ('–' for no
+    pairs; the mean alone where the interval is undefined)."""
+    if not result["n"]:
+        return "–"
+    ci = f" [{result['ci'][0]:+.3f}, {result['ci'][1]:+.3f}]" if result["ci"] else ""
+    return f"{result['mean']:+.3f}{ci}"
+
+
 def format_mean_std(values) -> str:
     """'0.812 ± 0.034', a lone value, or '–' for none."""
     mean, std = mean_std(values)
