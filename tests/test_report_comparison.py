@@ -49,8 +49,12 @@ def rows_of(lines: list[str], first: str) -> list[list[str]]:
 def test_answer_table_pairs_by_seed_and_corrects_over_the_whole_table(tmp_path):
     from tsynd_tf.report.comparison import answer_section, answer_tests
 
-    big = config_of("big", {"gan": 0.05, "augment": 0.003}, tmp_path)
-    small = config_of("small", {"gan": 0.0}, tmp_path)
+    # big's classifiers are picked after the first synthetic pool (epoch 25 of 20 initial
+    # ones), small's before it: the pre-synth. column counts the latter.
+    big = config_of("big", {"gan": 0.05, "augment": 0.003}, tmp_path,
+                    flags={"initial_epochs": 20}, training={"selected_epoch": 25})
+    small = config_of("small", {"gan": 0.0}, tmp_path,
+                      flags={"initial_epochs": 20}, training={"selected_epoch": 4})
     tests = answer_tests([big, small])
     # 3 (config, method) rows x 2 views x 2 metrics; balanced accuracy never differs (no
     # test), AUC at the best and at the end of training: 6 defined tests in the family.
@@ -67,8 +71,10 @@ def test_answer_table_pairs_by_seed_and_corrects_over_the_whole_table(tmp_path):
     lines = answer_section([big, small])
     row = rows_of(lines, "`big` | `gan`")[0]
     low, high = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
-    assert row[3] == f"**{x.mean():+.3f} [{low:+.3f}, {high:+.3f}]**"  # significant after Holm
-    assert row[4] == "+0.000"  # balanced accuracy: equal everywhere, no interval
+    assert row[3] == "0/5"
+    assert row[4] == f"**{x.mean():+.3f} [{low:+.3f}, {high:+.3f}]**"  # significant after Holm
+    assert row[5] == "+0.000"  # balanced accuracy: equal everywhere, no interval
+    assert rows_of(lines, "`small` | `gan`")[0][3] == "5/5"
     assert "2 of 6 differences from the baseline are significant" in "\n".join(lines)
 
 

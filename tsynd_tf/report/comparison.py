@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from tsynd_tf.report.records import END_OF_TRAINING, Config, cell_seconds
+from tsynd_tf.report.records import (END_OF_TRAINING, Config, cell_seconds,
+                                     pre_synthetic_counts)
 from tsynd_tf.report.stats import (ALPHA, POWER, format_difference, format_mean_std,
                                    format_p, holm, paired_test)
 from tsynd_tf.report.tables import markdown_table
@@ -100,15 +101,16 @@ def answer_section(configs: list[Config]) -> list[str]:
     tests = answer_tests(configs)
     if not tests:
         return []
-    header = ["config", "method", "n", *(f"Δ {name}, {view}" for _, view in VIEWS
+    header = ["config", "method", "n", "pre-synth.", *(f"Δ {name}, {view}" for _, view in VIEWS
                                          for _, name in ANSWER_METRICS),
               "detectable Δ AUC / bal. ACC"]
     rows, by_row = [], {}
     for test in tests:
-        by_row.setdefault((test["config"].name, test["method"]), []).append(test)
+        by_row.setdefault((test["config"], test["method"]), []).append(test)
     for (config, method), row in by_row.items():
-        rows.append([f"`{config}`", f"`{method}`", max(t["n"] for t in row),
-                     *map(difference_cell, row), detectable_cell(row)])
+        rows.append([f"`{config.name}`", f"`{method}`", max(t["n"] for t in row),
+                     pre_synthetic_counts(config, method), *map(difference_cell, row),
+                     detectable_cell(row)])
     return ["## Which synthetic data helped?", "",
             summary_line(tests), "",
             "Each method minus the baseline trained on the same labelled images (paired by "
@@ -116,7 +118,9 @@ def answer_section(configs: list[Config]) -> list[str]:
             "accuracy (the mean of the per-class recalls; a method that only moves the "
             "decision threshold changes accuracy, not AUC). *best on val.*: the classifier "
             "with the best validation AUC (the protocol's); *end of training*: after the "
-            "last epoch, what the method did to the classifier. **Bold**: significant after "
+            "last epoch, what the method did to the classifier. *pre-synth.*: seeds whose "
+            "best-on-validation classifier predates the first synthetic pool, so it is a "
+            "baseline classifier and its Δ (best on val.) is near zero by construction. **Bold**: significant after "
             f"Holm over all {sum(t['t_p'] is not None for t in tests)} tests of this table; "
             f"†: p < {ALPHA} before correction only. *detectable Δ*: the smallest true "
             f"difference (best on val.) that the paired t-test detects with {POWER:.0%} "
