@@ -10,15 +10,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from tsynd_tf.machine import cpu_model, instruction_set
 
 
 def git_revision() -> str | None:
@@ -41,7 +33,7 @@ def device_info(parts) -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
+        "cpu": cpu_model(), "instruction_set": instruction_set(), "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)),
         "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name)
                  for g in gpus],
@@ -57,7 +49,7 @@ def device_info(parts) -> dict:
 def machine_label(d: dict) -> str:
     """'<cpu> (<n> cores)[, GPU ...]; TF <v>, Keras <v>; <date>' of a device_info dict: the
     end of every bench table's heading."""
-    return (f"{d['cpu']} ({d['cpu_cores_usable']} cores)"
+    return (f"{d['cpu']}, {d.get('instruction_set', '?')} ({d['cpu_cores_usable']} cores)"
             + (f", GPU {', '.join(d['gpus'])}" if d["gpus"] else "") +
             f"; TF {d['tensorflow']}, Keras {d['keras']}; {d['date'][:10]}")
 

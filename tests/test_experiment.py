@@ -20,7 +20,7 @@ from conftest import (TINY_EVAL_ARGS, TINY_SWEEP_CONFIG, TINY_SWEEP_METHODS,
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tsynd_tf import evaluation, explain, fileio, runs
+from tsynd_tf import evaluation, explain, fileio, machine, runs
 
 # The tiny sweep (conftest.tiny_sweep, shared with test_pools_figure): TINY_SWEEP_CONFIG,
 # every stage (autoencoder, classifier, one generation round) in ~15 s per cell.
@@ -65,6 +65,8 @@ def test_sweep_writes_its_plan_then_one_result_line_per_cell(sweep):
         # The line carries the settings (run directories stay on the machine that ran them).
         assert (record["flags"]["method"], record["flags"]["seed"]) == (record["method"], 0)
         assert record["flags"]["ae_epochs"] == 1 and record["evaluation"]["pgd_steps"] == 1
+        # ... and the machine type that ran it (this one: the cells run here).
+        assert record["machine"] == machine.describe()
 
 
 def test_restarted_sweep_runs_nothing(sweep):

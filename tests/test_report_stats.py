@@ -364,3 +364,19 @@ def test_area_and_corruption_tables(tmp_path):
     assert "2 of 2 cells evaluated every corruption" in "\n".join(corruptions)
     plain = Config("c", [cell("baseline", 0, {"test/acc": 0.8})], tmp_path)
     assert area_section(plain) == [] and corruption_section(plain) == []
+
+
+def test_header_counts_the_cells_of_each_machine_type():
+    """Cells that ran on another instruction set differ in the last digits; the header says
+    how many ran where, and counts lines from before cells recorded it apart."""
+    from tsynd_tf import machine
+    from tsynd_tf.report.records import machine_types
+
+    here = machine.describe()
+    assert here["instruction_set"] in {name for _, name in machine.INSTRUCTION_SETS} | {
+        "x86_64", "aarch64"}
+    other = {**here, "instruction_set": "AVX-512+BF16"} if here["instruction_set"] != (
+        "AVX-512+BF16") else {**here, "instruction_set": "AVX2"}
+    records = [{"machine": here}, {"machine": here}, {"machine": other}, {}]
+    assert machine_types(records) == {machine.machine_type(here): 2,
+                                      machine.machine_type(other): 1, "not recorded": 1}

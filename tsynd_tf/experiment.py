@@ -47,7 +47,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from tsynd_tf import cli, launchers
+from tsynd_tf import cli, launchers, machine
 from tsynd_tf import config as train_config
 from tsynd_tf.fileio import append_json_line, check_output, read_json_lines
 from tsynd_tf.runs import SweepDir
@@ -283,7 +283,9 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
             # The run directory stays on the machine that ran the cell; the line is the
             # record that travels (committed), so it carries the settings the page names.
             "flags": flag_values, "evaluation": evaluation.get("settings", {}),
-            "quality": run_dir.read_quality()}
+            "quality": run_dir.read_quality(),
+            # Results are bitwise equal only within one machine type; the page counts them.
+            "machine": machine.describe()}
 
 
 def make_launcher() -> launchers.LocalLauncher | launchers.RayLauncher:

@@ -22,6 +22,7 @@ import json
 import numpy as np
 from absl import logging
 
+from tsynd_tf import machine
 from tsynd_tf.fileio import read_json_lines
 from tsynd_tf.report.stats import normalised_area
 
@@ -324,11 +325,7 @@ def busy_hours(records: list[dict]) -> float:
 
 def hardware() -> list[str]:
     """The machine and software of this process: [hardware line, software line]."""
-    cpu = "unknown CPU"
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
         with open("/proc/meminfo") as f:
             kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
         memory = f"{kib / 2**20:.1f} GiB RAM"
@@ -337,6 +334,16 @@ def hardware() -> list[str]:
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    return [f"{cpu}, {os.cpu_count()} cores, {memory}, "
+    return [f"{machine.machine_type(machine.describe())}, {os.cpu_count()} cores, {memory}, "
             f"{f'{len(gpus)} GPU(s)' if gpus else 'no GPU'}",
             f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}"]
+
+
+def machine_types(records: list[dict]) -> dict[str, int]:
+    """Cells per machine type that ran them (the `machine` of each line; lines from before
+    cells recorded it count under 'not recorded')."""
+    counts = {}
+    for r in records:
+        name = machine.machine_type(r["machine"]) if "machine" in r else "not recorded"
+        counts[name] = counts.get(name, 0) + 1
+    return counts

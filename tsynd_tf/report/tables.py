@@ -25,6 +25,7 @@ from tsynd_tf.report.records import (
     cell_seconds,
     end_of_training_cells,
     hardware,
+    machine_types,
     pre_synthetic_counts,
     sweep_folder,
 )
@@ -80,8 +81,12 @@ def header_section(records: list[dict], configs: list[Config], planned: set[tupl
         "training flags of every config are under Settings).",
         *cells_lines(records, configs, planned), *time_lines(records)]
     machine, software = hardware()
-    lines += [f"- Hardware of the machine that wrote this page (the sweep's if it ran here): "
-              f"{machine}.", f"- Software: {software}."]
+    types = machine_types(records)
+    lines += [f"- Machine types that ran the cells (a CPU's instruction set picks TensorFlow's "
+              f"float kernels, so a cell repeated on another type differs in the last digits): "
+              + "; ".join(f"{name}: {n} cells" for name, n in sorted(types.items())) + ".",
+              f"- Hardware of the machine that wrote this page: {machine}.",
+              f"- Software: {software}."]
     return lines
 
 
