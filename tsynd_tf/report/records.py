@@ -10,6 +10,7 @@ statistics and tables do not need to import.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import math
 import os
@@ -342,8 +343,6 @@ def hardware() -> list[str]:
 def machine_types(records: list[dict]) -> dict[str, int]:
     """Cells per machine type that ran them (the `machine` of each line; lines from before
     cells recorded it count under 'not recorded')."""
-    counts = {}
-    for r in records:
-        name = machine.machine_type(r["machine"]) if "machine" in r else "not recorded"
-        counts[name] = counts.get(name, 0) + 1
-    return counts
+    return dict(collections.Counter(
+        machine.machine_type(r["machine"]) if "machine" in r else "not recorded"
+        for r in records))
