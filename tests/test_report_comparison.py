@@ -175,3 +175,36 @@ def test_quality_gain_correlates_each_validated_metric_across_config_and_method(
     rows = rows_of(quality_gain_section(configs), "FID")
     assert rows[0][1:3] == ["4", "-1.00"]  # 4 points: no interval below 5
     assert rows_of(quality_gain_section(configs), "precision")[0][2] == "n/a"  # constant
+
+
+def test_configs_of_one_subset_have_their_own_headings_and_robustness_columns(tmp_path):
+    """The comparison sweep's amount and synthetic-only configs share the main config's
+    labelled subset: the page tells their sections apart by their synthetic data, shows each
+    config only the noise strengths its cells were evaluated at (the amount and CAS cells are
+    evaluated clean only), and draws the fraction figure from the main configs."""
+    import json
+
+    from tsynd_tf.report.page import build_page
+    from tsynd_tf.runs import SweepDir
+
+    noisy = {"gaussian_0.05/acc": 0.6}
+    main = config_of("main", {"gan": 0.01}, tmp_path, metrics=noisy)
+    amount = config_of("main_x2", {"gan": 0.01}, tmp_path,
+                       flags={"synthetic_multiple": 2.0, "synthetic_ratio": "proportional"})
+    cas = config_of("main_cas", {"gan": -0.05}, tmp_path, flags={"train_on": "synthetic"})
+    subset = "d, 10% of the labels (100 images)"
+    assert [c.label for c in (main, amount, cas)] == [
+        subset, f"{subset}, ×2 synthetic, proportional share",
+        f"{subset}, synthetic images only"]
+    results = SweepDir(tmp_path / "sweep").results_file
+    results.parent.mkdir(parents=True)
+    results.write_text("".join(json.dumps(r) + "\n" for c in (main, amount, cas)
+                               for r in c.records))
+    page = build_page(tmp_path / "sweep", tmp_path / "RESULTS.md", tmp_path / "figures",
+                      "t", model_figures=False)
+    sections = {s.split("\n")[0]: s for s in page.split("\n### ")[1:]}
+    for config in (main, amount, cas):
+        assert f"Config `{config.name}`," in sections[config.label]
+    assert "Gaussian σ=0.05" in sections[subset]
+    assert "Accuracy under noise" not in sections[f"{subset}, synthetic images only"]
+    assert "![accuracy vs fraction]" in page

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tsynd_tf.report.comparison import answer_configs, train_on
+from tsynd_tf.report.comparison import answer_configs
 from tsynd_tf.report.figures import link, method_styles, save_figure
 from tsynd_tf.report.records import Config
 from tsynd_tf.report.stats import (format_difference, format_mean_std, format_p,
@@ -38,7 +38,7 @@ def subset_key(config: Config) -> tuple:
 def baseline_home(configs: list[Config], config: Config) -> Config | None:
     """The config holding the baseline on the labelled images of `config` (the same
     dataset and labelled subset, trained on real images), if the sweep has one."""
-    return next((c for c in configs if "baseline" in c.methods and train_on(c) != "synthetic"
+    return next((c for c in configs if "baseline" in c.methods and c.train_on != "synthetic"
                  and subset_key(c) == subset_key(config)), None)
 
 
@@ -54,7 +54,7 @@ def amount_curves(configs: list[Config]) -> list[tuple[Config, dict]]:
     for home in homes:
         points = {}
         for config in configs:
-            if subset_key(config) != subset_key(home) or train_on(config) == "synthetic":
+            if subset_key(config) != subset_key(home) or config.train_on == "synthetic":
                 continue
             flag_values = config.flags(config.records[0])
             if "synthetic_multiple" not in flag_values:
@@ -133,7 +133,7 @@ def cas_section(configs: list[Config]) -> list[str]:
     """Per synthetic-only config and method: test metrics, the paired difference from the
     baseline on the labelled images, and the baseline on as many real images."""
     rows = []
-    for config in (c for c in configs if train_on(c) == "synthetic"):
+    for config in (c for c in configs if c.train_on == "synthetic"):
         home = baseline_home(configs, config)
         for method in config.methods:
             count = int(np.median([r["training"].get("num_synthetic", 0)
@@ -164,7 +164,7 @@ def equal_count_baseline(configs: list[Config], dataset: str, count: int) -> Con
     """The baseline-only config on real images of `dataset` whose labelled count is
     closest to `count` (and at least half of it): the real-image counterpart."""
     candidates = [c for c in configs if c.dataset == dataset and c.methods == ["baseline"]
-                  and train_on(c) != "synthetic" and c.num_labelled >= count / 2]
+                  and c.train_on != "synthetic" and c.num_labelled >= count / 2]
     return min(candidates, key=lambda c: abs(c.num_labelled - count), default=None)
 
 

@@ -29,15 +29,11 @@ ANSWER_METRICS = (("test/auc", "AUC"), ("test/balanced_acc", "bal. ACC"))
 VIEWS = (("", "best on val."), (END_OF_TRAINING, "end of training"))
 
 
-def train_on(config: Config) -> str:
-    return config.flags(config.records[0]).get("train_on", "real+synthetic")
-
-
 def answer_configs(configs: list[Config]) -> list[Config]:
     """Configs whose methods are compared with their own baseline: a baseline and at least
     one other method, trained on real images (with or without synthetic ones)."""
     return [c for c in configs if "baseline" in c.methods and len(c.methods) > 1
-            and train_on(c) != "synthetic" and not c.full_data]
+            and c.train_on != "synthetic" and not c.full_data]
 
 
 def answer_tests(configs: list[Config]) -> list[dict]:

@@ -31,9 +31,12 @@ def link(path: Path, caption: str, page_dir: Path) -> str:
 def method_styles(methods) -> dict[str, dict]:
     """errorbar() keywords per method: colour, marker and line style, so that methods with
     identical numbers (e.g. the same selected checkpoint) stay visible on top of each other."""
-    known = {"baseline": ("tab:gray", "o", "-"), "latent_noise": ("tab:blue", "s", "--"),
-             "tsynd_mi": ("tab:red", "^", "-"), "tsynd_entropy": ("tab:orange", "v", ":")}
-    extra = iter([("tab:green", "D", "-."), ("tab:purple", "P", "-."), ("tab:brown", "X", "-.")])
+    known = {"baseline": ("tab:gray", "o", "-"), "augment": ("tab:green", "D", "-."),
+             "latent_noise": ("tab:blue", "s", "--"), "tsynd_mi": ("tab:red", "^", "-"),
+             "tsynd_entropy": ("tab:orange", "v", ":"), "diffusion": ("tab:purple", "P", "-."),
+             "gan": ("tab:olive", "*", "--"), "tsynd_diffusion": ("tab:pink", "h", "-"),
+             "external": ("tab:brown", "X", "-.")}
+    extra = iter([("tab:cyan", "<", ":"), ("black", ">", ":")])
     styles = {}
     for method in methods:
         color, marker, line = known.get(method) or next(extra, ("black", "o", "-"))
@@ -114,9 +117,13 @@ def figures_section(configs: list[Config], robust, figures_dir: Path,
                     page_dir: Path) -> list[str]:
     """The section's heading and the figures of the records (the model figures follow it)."""
     lines = ["## Figures", "", "Error bars: ± std over seeds.", ""]
-    points = [(c.dataset, c.labelled_fraction) for c in configs]
-    if len(set(points)) == len(points):
-        plot_fraction_curves(configs, figures_dir / "accuracy_vs_fraction.png")
+    curves = configs
+    if len({(c.dataset, c.labelled_fraction) for c in curves}) < len(curves):
+        # The amount curve and synthetic-only configs share a subset: own sections.
+        curves = [c for c in configs if not c.variant]
+    points = [(c.dataset, c.labelled_fraction) for c in curves]
+    if curves and len(set(points)) == len(points):
+        plot_fraction_curves(curves, figures_dir / "accuracy_vs_fraction.png")
         lines += ["**Test ACC and AUC vs labelled fraction** (methods slightly offset "
                   "horizontally).", "", link(figures_dir / "accuracy_vs_fraction.png",
                                              "accuracy vs fraction", page_dir), ""]

@@ -3,10 +3,11 @@ samples from the same noise (the same seed), each titled with its MI under the c
 that guides it and the reference classifier's label (tsynd_tf.reference), so a reader sees
 whether targeting traded realism or label correctness for uncertainty.
 
-One figure per config with a finished tsynd_diffusion run (its lowest seed): the run's
-cached diffusion model (generator.json names the cache entry), its selected classifier
-(`classifier.keras`; the pools were guided by the classifiers of earlier epochs of the same
-run), its --uncertainty_guidance, --guidance_every, --ddim_steps and --guidance_scale.
+One figure per config with a finished tsynd_diffusion run (the lowest seed whose run
+directory is on this machine): the run's cached diffusion model (generator.json names the
+cache entry), its selected classifier (`classifier.keras`; the pools were guided by the
+classifiers of earlier epochs of the same run), its --uncertainty_guidance,
+--guidance_every, --ddim_steps and --guidance_scale.
 TensorFlow-dependent, imported only with --model_figures."""
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def guidance_section(configs: list[Config], figures_dir: Path, page_dir: Path,
                      count: int) -> list[str]:
     lines = []
     for config in (c for c in configs if METHOD in c.methods):
-        record = min(config.by_method(METHOD), key=lambda r: r["seed"])
+        cells = config.by_method(METHOD)
+        on_disk = [r for r in cells if config.run_dir(r).classifier_file.is_file()]
+        record = min(on_disk or cells, key=lambda r: r["seed"])  # none: say which is missing
         path = figures_dir / f"guidance_{config.name}.png"
         try:
             run = runs.load_run(config.run_dir(record).path)

@@ -35,9 +35,10 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
              *tables.claims_section(configs), *tables.overview_section(configs),
              *tables.settings_section(configs), "## Results per config", ""]
     for config in configs:
-        lines += tables.config_section(config, robust)
+        measured = records.robust_keys(config.records)  # its own grid, not every config's
+        lines += tables.config_section(config, measured)
         lines += robust_tables.area_section(config) + robust_tables.corruption_section(config)
-        lines += tables.paired_section(config, robust)
+        lines += tables.paired_section(config, measured)
     lines += quality_tables.quality_section(configs)
     lines += comparison.cost_section(configs) + tables.reference_section(configs)
     lines += figures.figures_section(configs, robust, figures_dir, output.parent)

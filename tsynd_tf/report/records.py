@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from tsynd_tf import machine
+from tsynd_tf.config import TrainConfig
 from tsynd_tf.fileio import read_json_lines
 from tsynd_tf.report.stats import normalised_area
 
@@ -124,7 +125,27 @@ class Config:
         dataset = self.dataset
         if dataset == "folder":  # an image folder (--dataset=folder) is named by its folder
             dataset = Path(self.flags(self.records[0]).get("data_dir", "folder")).name
-        return f"{dataset}, {share}"
+        return f"{dataset}, {share}{self.variant}"
+
+    @property
+    def train_on(self) -> str:
+        """--train_on of the config's cells ('synthetic' for the Classification Accuracy
+        Score configs)."""
+        return self.flags(self.records[0]).get("train_on", "real+synthetic")
+
+    @property
+    def variant(self) -> str:
+        """How the config's synthetic data differs from the defaults, for its label: configs of
+        one labelled subset (the amount curve, synthetic-only) must not share a heading."""
+        if self.train_on == "synthetic":
+            return ", synthetic images only"
+        flag_values, default = self.flags(self.records[0]), TrainConfig()
+        amount = flag_values.get("synthetic_multiple", default.synthetic_multiple)
+        share = str(flag_values.get("synthetic_ratio", default.synthetic_ratio))
+        if (amount, share) == (default.synthetic_multiple, default.synthetic_ratio):
+            return ""
+        share = "proportional share" if share == "proportional" else f"synthetic share {share}"
+        return f", ×{amount:g} synthetic, {share}"
 
     @property
     def full_data(self) -> bool:
