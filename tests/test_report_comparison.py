@@ -189,8 +189,9 @@ def test_configs_of_one_subset_have_their_own_headings_and_robustness_columns(tm
 
     noisy = {"gaussian_0.05/acc": 0.6}
     main = config_of("main", {"gan": 0.01}, tmp_path, metrics=noisy)
-    amount = config_of("main_x2", {"gan": 0.01}, tmp_path,
-                       flags={"synthetic_multiple": 2.0, "synthetic_ratio": "proportional"})
+    amount, more = [config_of(f"main_x{m}", {"gan": 0.01}, tmp_path,
+                              flags={"synthetic_multiple": float(m),
+                                     "synthetic_ratio": "proportional"}) for m in (2, 10)]
     cas = config_of("main_cas", {"gan": -0.05}, tmp_path, flags={"train_on": "synthetic"})
     subset = "d, 10% of the labels (100 images)"
     assert [c.label for c in (main, amount, cas)] == [
@@ -198,13 +199,15 @@ def test_configs_of_one_subset_have_their_own_headings_and_robustness_columns(tm
         f"{subset}, synthetic images only"]
     results = SweepDir(tmp_path / "sweep").results_file
     results.parent.mkdir(parents=True)
-    results.write_text("".join(json.dumps(r) + "\n" for c in (main, amount, cas)
+    results.write_text("".join(json.dumps(r) + "\n" for c in (more, main, amount, cas)
                                for r in c.records))
     page = build_page(tmp_path / "sweep", tmp_path / "RESULTS.md", tmp_path / "figures",
                       "t", model_figures=False)
     sections = {s.split("\n")[0]: s for s in page.split("\n### ")[1:]}
     for config in (main, amount, cas):
         assert f"Config `{config.name}`," in sections[config.label]
+    # The amount curve's configs in the order of their amounts (x2 before x10).
+    assert list(sections)[:4] == [main.label, cas.label, amount.label, more.label]
     assert "Gaussian σ=0.05" in sections[subset]
     assert "Accuracy under noise" not in sections[f"{subset}, synthetic images only"]
     assert "![accuracy vs fraction]" in page

@@ -264,7 +264,10 @@ class Config:
 def group_configs(records: list[dict], sweep_dir: Path) -> list[Config]:
     names = dict.fromkeys(r["config"] for r in records)
     configs = [Config(n, [r for r in records if r["config"] == n], sweep_dir) for n in names]
-    return sorted(configs, key=lambda c: (c.dataset, c.num_labelled, c.train_fraction, c.name))
+    # Names compared by their numbers (..._x2 before ..._x10: the amount curve in order).
+    return sorted(configs, key=lambda c: (c.dataset, c.num_labelled, c.train_fraction,
+                                          [int(part) if part.isdigit() else part
+                                           for part in re.split(r"(\d+)", c.name)]))
 
 
 def robust_keys(records: list[dict], metric: str = "acc") -> list[tuple[str, float, str]]:
