@@ -109,6 +109,8 @@ def test_samples_have_the_datas_structure(colour_run, meter):
     # fidelity 0.71 (the labelled images: 0.95, 0.96, 0.91). Coloured noise, issue 26's
     # failure, has recall ~0.01; label fidelity alone is weak here (a 74% pneumonia pool
     # labelled "pneumonia" throughout scores 0.74), so the floors rest on precision/recall.
+    # At 150 steps (2026-12-07, to shorten the suite) the samples are not yet chests:
+    # precision 0.00, recall 0.00, label fidelity 0.22. So 300 stays.
     assert measured["precision"] > 0.5, (measured, real)
     assert measured["recall"] > 0.2, (measured, real)
     assert measured["label_fidelity"] > 0.6, (measured, real)
