@@ -6,7 +6,7 @@ r"""Does the quality yardstick see what it should? Degradations of known strengt
 
 Real held-out images (the test split, 28 px) are degraded in known ways at three strengths
 each and measured with every metric of reference.PoolQuality (tsynd_tf.quality) against the
-training split, in the features of each reference recipe (reference.RECIPES), whose cached
+training split, in the features of each reference recipe (reference_recipes.RECIPES), whose cached
 network is trained first if needed (its seconds and validation accuracy are recorded). A
 metric is usable for a degradation when it gets worse at every step clean -> mild ->
 moderate -> severe ("worse": FID, KID and memorisation up; precision, recall and label
@@ -30,6 +30,7 @@ from absl import flags
 from bench.degradations import DEGRADATIONS, STRENGTHS, degrade
 from bench.machine import cpu_model, git_revision, machine_label, write_result
 from tsynd_tf import cli
+from tsynd_tf.reference_recipes import RECIPES
 
 # +1: higher is worse; -1: lower is worse; 0: further from 1 (in log ratio) is worse.
 METRICS = {"fid": +1, "kid": +1, "precision": -1, "recall": -1, "label_fidelity": -1,
@@ -41,7 +42,7 @@ flags.DEFINE_list("degradations", list(DEGRADATIONS), f"Of {list(DEGRADATIONS)}.
 flags.DEFINE_list("strengths", list(STRENGTHS), f"Of {STRENGTHS}, measured in this order.")
 flags.DEFINE_list("metrics", list(METRICS), f"Of {list(METRICS)}.")
 flags.DEFINE_list("references", ["small_cnn", "wide_cnn", "wide_cnn_multi"],
-                  "Reference recipes (tsynd_tf.reference.RECIPES) whose features are compared.")
+                  "Reference recipes (tsynd_tf.reference_recipes) whose features are compared.")
 flags.DEFINE_list("pools", [], "Synthetic pools measured beside the degradations (one "
                   "dataset only): .npz files holding `images` uint8 NxHxWx1 and `labels` N.")
 flags.DEFINE_string("data_dir", None, "MedMNIST folder (default $TSYND_DATA_DIR).")
@@ -142,9 +143,7 @@ def format_tables(results: dict, machine: dict) -> str:
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    from tsynd_tf import reference
-
-    check_flags(reference.RECIPES)
+    check_flags(RECIPES)
     import keras
     import tensorflow as tf
 

@@ -20,17 +20,18 @@ between methods on one dataset and reference version, not with published FIDs.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import keras
 import numpy as np
 
 from tsynd_tf import cache, data, models, quality, uncertainty
+from tsynd_tf.reference_recipes import DEFAULT_RECIPE, RECIPES, Recipe
 
 log = logging.getLogger(__name__)
 
-# Bumped when a recipe or the default changes: older cached references are not used.
+# Bumped when a recipe or the default changes (tsynd_tf.reference_recipes): older cached
+# references are not used.
 # 1: small_cnn, 10 epochs. 2: recipes; the default became the wide CNN (docs/QUALITY.md).
 REFERENCE_VERSION = 2
 REFERENCE_BATCH = 128
@@ -45,33 +46,6 @@ MEMORISATION_QUANTILE = 0.05  # of held-out images' nearest-training-image dista
 # repeated 0.00 for every k, the GAN's repeated malignant shape 0.73 (its benign 0.80),
 # `augment`'s 128 variations of the 15 labelled malignant images 0.70 (benign 0.83).
 COLLAPSE_THRESHOLD = 0.75
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A reference network, how it is trained, and which of its activations are features."""
-    network: str  # "small_cnn" (tsynd_tf.models) or "wide_cnn" (below)
-    max_epochs: int
-    # Geometric augmentation only: photometric augmentation (contrast, noise) would teach
-    # the features to ignore exactly the degradations the yardstick must see.
-    augment: bool = False
-    # > 0: early stopping on validation loss once `patience` epochs have passed (BreastMNIST
-    # has 5 steps per epoch and 78 noisy validation images), the best weights kept.
-    patience: int = 0
-    multi_layer: bool = False  # features of every stage, concatenated; not a training setting
-
-    def training_settings(self) -> dict:
-        """What the cached weights depend on (multi_layer only reads them differently)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "multi_layer"}
-
-
-RECIPES = {
-    "small_cnn": Recipe("small_cnn", max_epochs=10),  # version 1's reference
-    "wide_cnn": Recipe("wide_cnn", max_epochs=40, augment=True, patience=10),
-    "wide_cnn_multi": Recipe("wide_cnn", max_epochs=40, augment=True, patience=10,
-                             multi_layer=True),
-}
-DEFAULT_RECIPE = "wide_cnn"
 
 
 def _stage_features_small_cnn(info: data.DatasetInfo, channels: int):
