@@ -211,3 +211,23 @@ def test_configs_of_one_subset_have_their_own_headings_and_robustness_columns(tm
     assert "Gaussian σ=0.05" in sections[subset]
     assert "Accuracy under noise" not in sections[f"{subset}, synthetic images only"]
     assert "![accuracy vs fraction]" in page
+
+
+def test_cost_has_a_row_per_machine_type_when_cells_ran_on_several(tmp_path):
+    from tsynd_tf.report.comparison import cost_section
+
+    fast = {"cpu": "Xeon", "instruction_set": "AVX-512+BF16"}
+    slow = {"cpu": "AMD EPYC", "instruction_set": "AVX2"}
+    config = config_of("c", {"gan": 0.0}, tmp_path)
+    for record in config.records:  # seeds 0-2 on the fast type, 3-4 on the slow one
+        record["machine"] = fast if record["seed"] < 3 else slow
+        record["seconds"] = {"train": 100.0 * (1 + record["seed"]), "evaluate": 10.0}
+    rows = rows_of(cost_section([config]), "`c` | `gan`")
+    assert [row[2:4] for row in rows] == [["AMD EPYC, AVX2", "2"], ["Xeon, AVX-512+BF16", "3"]]
+    assert [row[-1] for row in rows] == ["460", "210"]  # medians of 410, 510 and 110, 210, 310
+
+    for record in config.records:
+        record["machine"] = fast
+    lines = cost_section([config])
+    assert [row[2] for row in rows_of(lines, "`c` |")] == ["5", "5"]  # no machine column
+    assert "All cells ran on one machine type" in "\n".join(lines)

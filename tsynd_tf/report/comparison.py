@@ -14,11 +14,12 @@ without a baseline of their own (the amount curve) are read in `amount_cas`.
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
 
-from tsynd_tf.report.records import (END_OF_TRAINING, Config, cell_seconds,
+from tsynd_tf.report.records import (END_OF_TRAINING, Config, cell_seconds, machine_type_of,
                                      pre_synthetic_counts)
 from tsynd_tf.report.stats import (ALPHA, POWER, format_difference, format_mean_std,
                                    format_p, holm, paired_test)
@@ -176,24 +177,34 @@ def _median(values) -> str:
 
 def cost_section(configs: list[Config]) -> list[str]:
     """Median seconds per cell: the generator (trained once per labelled subset and shared
-    by the methods and cells that sample it), synthesis, classifier training, evaluation."""
+    by the methods and cells that sample it), synthesis, classifier training, evaluation;
+    per machine type when the cells ran on more than one (their speeds differ)."""
+    per_type = len({machine_type_of(r) for c in configs for r in c.records}) > 1
     rows = []
     for config in configs:
         for method in config.methods:
-            cells = config.by_method(method)
-            training = [r["training"] for r in cells]
-            rows.append([f"`{config.name}`", f"`{method}`", len(cells),
-                         _median(t.get("generator_seconds") for t in training),
-                         _median(t.get("seconds/synthesis") for t in training),
-                         _median(t.get("seconds/classifier") for t in training),
-                         _median(r["seconds"].get("evaluate") for r in cells),
-                         _median(cell_seconds(r) for r in cells)])
+            groups = collections.defaultdict(list)
+            for record in config.by_method(method):
+                groups[machine_type_of(record) if per_type else ""].append(record)
+            for kind, cells in sorted(groups.items()):
+                training = [r["training"] for r in cells]
+                rows.append([f"`{config.name}`", f"`{method}`", *([kind] if per_type else []),
+                             len(cells),
+                             _median(t.get("generator_seconds") for t in training),
+                             _median(t.get("seconds/synthesis") for t in training),
+                             _median(t.get("seconds/classifier") for t in training),
+                             _median(r["seconds"].get("evaluate") for r in cells),
+                             _median(cell_seconds(r) for r in cells)])
+    where = ("Each machine type that ran cells (the header counts them) has its own rows: "
+             "a CPU's instruction set changes its speed."
+             if per_type else "All cells ran on one machine type (the header names it).")
     return ["## Cost per method", "",
-            "Median seconds per cell on the machine that ran the sweep (Settings and the "
-            "header name it). *generator*: its training, paid once per labelled subset and "
-            "settings (the model cache, tsynd_tf/cache.py) and shared by every method and "
-            "cell that samples it, so a sweep pays it once per config and seed; *synthesis*: "
-            "making the pools; *classifier*: its training; *cell*: train + evaluate as the "
-            "sweep clocked them, generator included where this cell trained it.", "",
-            markdown_table(["config", "method", "n", "generator", "synthesis", "classifier",
-                            "evaluate", "cell"], rows), ""]
+            f"Median seconds per cell. {where} *generator*: its training, paid once per "
+            "labelled subset and settings (the model cache, tsynd_tf/cache.py) and shared by "
+            "every method and cell that samples it, so a sweep pays it once per config and "
+            "seed; *synthesis*: making the pools; *classifier*: its training; *cell*: train + "
+            "evaluate as the sweep clocked them, generator included where this cell trained "
+            "it.", "",
+            markdown_table(["config", "method", *(["machine"] if per_type else []), "n",
+                            "generator", "synthesis", "classifier", "evaluate", "cell"],
+                           rows), ""]

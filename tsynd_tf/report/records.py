@@ -364,9 +364,12 @@ def hardware() -> list[str]:
             f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}"]
 
 
+def machine_type_of(record: dict) -> str:
+    """The machine type that ran a cell ('not recorded' for lines from before cells recorded
+    their `machine`)."""
+    return machine.machine_type(record["machine"]) if "machine" in record else "not recorded"
+
+
 def machine_types(records: list[dict]) -> dict[str, int]:
-    """Cells per machine type that ran them (the `machine` of each line; lines from before
-    cells recorded it count under 'not recorded')."""
-    return dict(collections.Counter(
-        machine.machine_type(r["machine"]) if "machine" in r else "not recorded"
-        for r in records))
+    """Cells per machine type that ran them."""
+    return dict(collections.Counter(map(machine_type_of, records)))
