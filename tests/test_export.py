@@ -166,7 +166,12 @@ def test_fresh_process_matches_in_process(exported, trained_classifier, pneumoni
     # One answer per image: a second call gives the same, its masks the same T.
     np.testing.assert_array_equal(got["second"], got["probabilities"])
     assert (got["mutual_information"] > 0).mean() > 0.9
+    assert_metadata_carried(meta, exported)
 
+
+def assert_metadata_carried(meta: dict, exported: dict) -> None:
+    """What the fresh process read from the export: the metadata JSON, the assets file and
+    the metadata tensors all carry the run's classes, input and thresholds."""
     for source in (meta["meta"]["metadata_json"], meta["assets"]):
         assert source["class_names"] == ["normal", "pneumonia"]
         assert source["dataset_name"] == "pneumoniamnist"
