@@ -98,6 +98,11 @@ def kill_worker_mid_cell(sweep: subprocess.Popen, run_dir: runs.RunDir) -> str:
     while time.monotonic() < deadline and sweep.poll() is None:
         train = process_of("tsynd_tf.train", f"--output_dir={run_dir}")
         if train and (run_dir.checkpoints / "checkpoint").exists():
+            # The cell's log is held by its worker alone: were the flock on the train's
+            # stdout too, the dying train would hold it a moment after the worker, and a
+            # retry started in that moment would be refused ("another sweep process").
+            stdout = (Path("/proc") / str(train[0]) / "fdinfo" / "1").read_text()
+            assert "lock:" not in stdout, stdout
             worker = (Path("/proc") / str(train[1]) / "cmdline").read_bytes().decode()
             os.kill(train[1], signal.SIGKILL)
             return worker
@@ -145,7 +150,9 @@ def test_ray_sweep_records_the_same_cells_as_the_local_launcher(sweeps):
     """Bitwise the same test metrics, the killed and resumed cell's too (a resumed run ends
     as an uninterrupted one)."""
     local, ray = records(sweeps["local"]), records(sweeps["ray"])
-    assert sorted(ray) == sorted(local) == ["tiny_baseline_s0", "tiny_baseline_s1"]
+    assert sorted(ray) == sorted(local) == ["tiny_baseline_s0", "tiny_baseline_s1"], (
+        sweeps["ray_log"][-3000:],
+        runs.SweepDir(sweeps["ray"]).log_file(KILLED).read_text()[-3000:])
     for name, record in ray.items():
         test_metrics = {k: v for k, v in record["metrics"].items() if k.startswith("test/")}
         assert len(test_metrics) > 5 and test_metrics == {

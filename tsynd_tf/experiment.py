@@ -256,8 +256,11 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
     if grid_flagfile(config):  # last: its strengths win over --eval_args'
         steps["evaluate"].append(f"--flagfile={grid_flagfile(config)}")
     seconds, started = {}, utc_now()
-    with open(log_path, "a") as log:
-        hold_log(log, name)
+    # The flock is on an open file description of its own, which the steps do not share:
+    # a step's stdout (another open) would hold it too, so a step dying with its killed
+    # worker would keep it a moment longer, and a retry started in that moment was refused.
+    with open(log_path, "a") as held, open(log_path, "a") as log:
+        hold_log(held, name)
         for step, command in steps.items():
             start = time.time()
             log.write(f"\n$ {' '.join(command)}\n")
