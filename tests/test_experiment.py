@@ -61,6 +61,7 @@ def test_sweep_writes_its_plan_then_one_result_line_per_cell(sweep):
             assert 0.0 <= record["metrics"][key] <= 1.0, key
         assert record["training"]["num_labelled"] == TINY_TRAIN_COUNT
         assert record["started"] <= record["finished"]  # UTC ISO strings sort by time
+        assert record["resumed"] is False  # a fresh run directory: its clock is its cost
         assert record["sweep_command"].startswith("python -m tsynd_tf.experiment --configs=")
         # The line carries the settings (run directories stay on the machine that ran them).
         assert (record["flags"]["method"], record["flags"]["seed"]) == (record["method"], 0)

@@ -172,6 +172,8 @@ def test_a_worker_killed_mid_cell_is_retried_and_its_run_resumes(sweeps):
     assert log.count("-m tsynd_tf.train ") == 2, log[-3000:]  # the first attempt, its retry
     assert "which ended without releasing it" in log  # the dead holder's lock taken over
     assert "Resumed from" in log and log.count("-m tsynd_tf.evaluate ") == 1
+    # Its line says so (its seconds count the retry only: the cost table leaves it out).
+    assert [r["cell"] for r in records(sweeps["ray"]).values() if r["resumed"]] == [KILLED]
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(sweeps):

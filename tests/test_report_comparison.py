@@ -214,7 +214,7 @@ def test_configs_of_one_subset_have_their_own_headings_and_robustness_columns(tm
 
 
 def test_cost_has_a_row_per_machine_type_when_cells_ran_on_several(tmp_path):
-    from tsynd_tf.report.comparison import cost_section
+    from tsynd_tf.report.cost import cost_section
 
     fast = {"cpu": "Xeon", "instruction_set": "AVX-512+BF16"}
     slow = {"cpu": "AMD EPYC", "instruction_set": "AVX2"}
@@ -231,3 +231,50 @@ def test_cost_has_a_row_per_machine_type_when_cells_ran_on_several(tmp_path):
     lines = cost_section([config])
     assert [row[2] for row in rows_of(lines, "`c` |")] == ["5", "5"]  # no machine column
     assert "All cells ran on one machine type" in "\n".join(lines)
+
+
+def test_cost_leaves_out_cells_and_generators_clocked_in_a_timing_window(tmp_path):
+    import json
+
+    from tsynd_tf.cli import UsageError
+    from tsynd_tf.report.cost import cost_section, read_timing_windows
+
+    # One cell a minute from 10:00; gan's seed-s generator (100 s + 10 s x seed) is trained
+    # by gan_s<s> and loaded by the cell of another method of the same seed ("more").
+    config = config_of("c", {"gan": 0.0, "more": 0.0}, tmp_path)
+    for minute, record in enumerate(config.records):
+        record["started"] = f"2026-12-07T10:{minute:02d}:00+00:00"
+        record["finished"] = f"2026-12-07T10:{minute:02d}:59+00:00"
+        if record["method"] != "baseline":
+            record["training"].update(generator_seconds=100.0 + 10 * record["seed"],
+                                      generator_loaded=record["method"] == "more")
+    [gan_s1] = [r for r in config.records if r["cell"] == "c_gan_s1"]
+    gan_s1["seconds"]["train"] = 9000.0  # what a pause does to a cell's clock
+    windows_file = tmp_path / "timing_windows.jsonl"
+    windows_file.write_text(json.dumps({"start": gan_s1["started"],
+                                        "end": "2026-12-07T10:04:30+00:00", "kind": "paused",
+                                        "what": "a benchmark timed"}) + "\n")
+    windows = read_timing_windows(tmp_path)
+    lines = cost_section([config], windows)
+    [gan] = rows_of(lines, "`c` | `gan`")
+    [more] = rows_of(lines, "`c` | `more`")
+    # gan_s1 (10:04) left out: 4 cells and their median 90 s, not 9,000; its generator (110 s)
+    # is left out of gan's and of more_s1's rows: medians of 100, 120, 130, 140 (not 120).
+    assert gan[2] == "4" and gan[-1] == "90" and gan[3] == "125"
+    assert more[2] == "5" and more[3] == "125"
+    assert "Left out of the medians: 1 cell whose clocks" in "\n".join(lines)
+    assert "- 2026-12-07 10:04:00 to 10:04:30 UTC, paused (a benchmark timed): 1 cell" in lines
+
+    # A cell that resumed a run: recorded as such, or (older lines) clocked fewer train
+    # seconds than its training took, because that finished in an earlier attempt.
+    [more_s3, more_s4] = [r for r in config.records if r["cell"] in ("c_more_s3", "c_more_s4")]
+    more_s3["resumed"] = True
+    more_s4["training"]["seconds_this_session"] = 61.0
+    lines = cost_section([config], windows)
+    assert rows_of(lines, "`c` | `more`")[0][2] == "3"
+    assert ("- resumed a run that an earlier attempt began (their seconds count the last "
+            "attempt only): 2 cells") in lines
+
+    windows_file.write_text(windows_file.read_text() + '{"start": "2026-12-07T11:00:00"}\n')
+    with pytest.raises(UsageError, match="timing_windows.jsonl, record 2: .* fix or delete"):
+        read_timing_windows(tmp_path)

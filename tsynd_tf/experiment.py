@@ -255,6 +255,9 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
     }
     if grid_flagfile(config):  # last: its strengths win over --eval_args'
         steps["evaluate"].append(f"--flagfile={grid_flagfile(config)}")
+    # A run directory that an earlier attempt began resumes: this cell's clock (seconds,
+    # started) counts only this attempt, so the report's cost table leaves it out.
+    resumed = run_dir.path.is_dir() and any(run_dir.path.iterdir())
     seconds, started = {}, utc_now()
     # The flock is on an open file description of its own, which the steps do not share:
     # a step's stdout (another open) would hold it too, so a step dying with its killed
@@ -282,6 +285,7 @@ def run_cell(cell: tuple[str, str, int], settings: CellSettings) -> dict:
             "train_count": flag_values["train_count"], "method": method, "seed": seed,
             "run_dir": str(run_dir), "seconds": seconds, "training": training,
             "metrics": evaluation["metrics"], "started": started, "finished": utc_now(),
+            "resumed": resumed,
             "sweep_command": settings.sweep_command,
             # The run directory stays on the machine that ran the cell; the line is the
             # record that travels (committed), so it carries the settings the page names.

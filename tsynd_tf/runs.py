@@ -316,6 +316,8 @@ class SweepDir:
     results_file = property(lambda self: self.path / "results.jsonl")
     tensorboard = property(lambda self: self.path / "tensorboard")
     cache = property(lambda self: self.path / "cache")
+    # When cells' clocks ran disturbed (paused, shared cores): tsynd_tf.report.cost.
+    timing_windows = property(lambda self: self.path / "timing_windows.jsonl")
 
     def run(self, cell: str) -> RunDir:
         return RunDir(self.path / "runs" / cell)

@@ -1,6 +1,6 @@
 """The page's first screen: which synthetic data helped, per config, against the baseline
-trained on the same labelled images; then what each method cost and how it moved each
-class's recall. Every number is a paired difference over seeds (same seed = same labelled
+trained on the same labelled images; then how each method moved each class's recall (what
+it cost is in `cost`). Every number is a paired difference over seeds (same seed = same labelled
 subset) from the records.
 
 The answer table holds, per config with a baseline and per method, the difference in test
@@ -14,13 +14,7 @@ without a baseline of their own (the amount curve) are read in `amount_cas`.
 
 from __future__ import annotations
 
-import collections
-import math
-
-import numpy as np
-
-from tsynd_tf.report.records import (END_OF_TRAINING, Config, cell_seconds, machine_type_of,
-                                     pre_synthetic_counts)
+from tsynd_tf.report.records import END_OF_TRAINING, Config, pre_synthetic_counts
 from tsynd_tf.report.stats import (ALPHA, POWER, format_difference, format_mean_std,
                                    format_p, holm, paired_test)
 from tsynd_tf.report.tables import markdown_table
@@ -165,46 +159,3 @@ def per_class_section(configs: list[Config]) -> list[str]:
             "Test recall of each class (best on val.), mean ± std over seeds, with the mean "
             "paired change from the baseline: the rebalancing effect of synthetic images "
             "shows as one class's gain paid by another's.", "", *lines]
-
-
-# ----------------------------------------------------------------------------- cost
-
-
-def _median(values) -> str:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return f"{np.median(values):.0f}" if values else "–"
-
-
-def cost_section(configs: list[Config]) -> list[str]:
-    """Median seconds per cell: the generator (trained once per labelled subset and shared
-    by the methods and cells that sample it), synthesis, classifier training, evaluation;
-    per machine type when the cells ran on more than one (their speeds differ)."""
-    per_type = len({machine_type_of(r) for c in configs for r in c.records}) > 1
-    rows = []
-    for config in configs:
-        for method in config.methods:
-            groups = collections.defaultdict(list)
-            for record in config.by_method(method):
-                groups[machine_type_of(record) if per_type else ""].append(record)
-            for kind, cells in sorted(groups.items()):
-                training = [r["training"] for r in cells]
-                rows.append([f"`{config.name}`", f"`{method}`", *([kind] if per_type else []),
-                             len(cells),
-                             _median(t.get("generator_seconds") for t in training),
-                             _median(t.get("seconds/synthesis") for t in training),
-                             _median(t.get("seconds/classifier") for t in training),
-                             _median(r["seconds"].get("evaluate") for r in cells),
-                             _median(cell_seconds(r) for r in cells)])
-    where = ("Each machine type that ran cells (the header counts them) has its own rows: "
-             "a CPU's instruction set changes its speed."
-             if per_type else "All cells ran on one machine type (the header names it).")
-    return ["## Cost per method", "",
-            f"Median seconds per cell. {where} *generator*: its training, paid once per "
-            "labelled subset and settings (the model cache, tsynd_tf/cache.py) and shared by "
-            "every method and cell that samples it, so a sweep pays it once per config and "
-            "seed; *synthesis*: making the pools; *classifier*: its training; *cell*: train + "
-            "evaluate as the sweep clocked them, generator included where this cell trained "
-            "it.", "",
-            markdown_table(["config", "method", *(["machine"] if per_type else []), "n",
-                            "generator", "synthesis", "classifier", "evaluate", "cell"],
-                           rows), ""]

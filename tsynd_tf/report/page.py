@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tsynd_tf import cli
 from tsynd_tf.fileio import atomic_path
-from tsynd_tf.report import (amount_cas, comparison, figures, quality_tables, records,
+from tsynd_tf.report import (amount_cas, comparison, cost, figures, quality_tables, records,
                              robust_tables, tables)
 
 
@@ -40,7 +40,8 @@ def build_page(sweep_dir: Path, output: Path, figures_dir: Path, title: str,
         lines += robust_tables.area_section(config) + robust_tables.corruption_section(config)
         lines += tables.paired_section(config, measured)
     lines += quality_tables.quality_section(configs)
-    lines += comparison.cost_section(configs) + tables.reference_section(configs)
+    lines += cost.cost_section(configs, cost.read_timing_windows(sweep_dir))
+    lines += tables.reference_section(configs)
     lines += figures.figures_section(configs, robust, figures_dir, output.parent)
     if model_figures:
         from tsynd_tf.report.model_figures import model_figures_section
