@@ -169,6 +169,23 @@ def test_configs_without_pools_get_no_figure(pneumonia, medmnist_dir, tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_a_variant_of_a_shown_subset_gets_no_figure_of_its_own(pneumonia, medmnist_dir,
+                                                                tmp_path):
+    """A synthetic-only config samples the generators of the config of its labelled subset:
+    next to that config it adds no figure; on its own it gets one."""
+    pool = pneumonia.test.subset(np.arange(50))
+    plain = Config("tiny", [write_run(tmp_path, pneumonia, medmnist_dir, "gan", 0, pool)],
+                   tmp_path)
+    record = write_run(tmp_path / "cas", pneumonia, medmnist_dir, "gan", 0, pool)
+    cas = Config("tiny_cas", [{**record, "config": "tiny_cas", "cell": "tiny_cas_gan_s0",
+                               "flags": {"train_on": "synthetic"}}], tmp_path)
+    lines = pools_section([plain, cas], tmp_path / "both", tmp_path, PER_CLASS)
+    assert "![pools tiny](both/pools_tiny.png)" in lines
+    assert not any("tiny_cas" in line for line in lines)
+    lines = pools_section([cas], tmp_path / "alone", tmp_path, PER_CLASS)
+    assert "![pools tiny_cas](alone/pools_tiny_cas.png)" in lines
+
+
 # ----------------------------------------------------------------------------- the page
 
 

@@ -86,9 +86,15 @@ def plot_pools(blocks: dict[str, tuple[np.ndarray, np.ndarray]], class_names, ti
 def pools_section(configs: list[Config], figures_dir: Path, page_dir: Path,
                   count: int) -> list[str]:
     """Each config's pools figure and its caption; a config of baseline cells gets none,
-    one with generating methods but no pool on disk a line that says so."""
+    one with generating methods but no pool on disk a line that says so. The amount curve's
+    and synthetic-only configs sample the generators of the config of their labelled subset
+    (same data, labels and generator settings): where that config is on the page, its figure
+    shows their pools."""
     lines, dataset_cache = [], {}
+    plain = {(c.dataset, c.num_labelled) for c in configs if not c.variant}
     for config in configs:
+        if config.variant and (config.dataset, config.num_labelled) in plain:
+            continue
         found = round_pools(config)
         if found is None:
             if any(m != "baseline" for m in config.methods):
