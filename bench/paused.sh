@@ -37,4 +37,13 @@ resume() {
 }
 trap resume EXIT
 kill -STOP -- "-$pgid"
+# SIGSTOP lands when each process is next scheduled: the command starts once all of the
+# group shows T (stopped), so its clock starts on quiet cores.
+all_stopped() {
+  local states
+  states=$(ps -o state= -p "$(pgrep -d, -g "$pgid")" 2>/dev/null) || return 1
+  [[ -z $(tr -d 'T\n ' <<< "$states") ]]
+}
+for _ in $(seq 100); do all_stopped && break; sleep 0.1; done
+all_stopped || echo "$0: warning: process group $pgid not all stopped after 10 s" >&2
 "$@"
