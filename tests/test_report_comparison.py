@@ -222,9 +222,20 @@ def test_cost_has_a_row_per_machine_type_when_cells_ran_on_several(tmp_path):
     for record in config.records:  # seeds 0-2 on the fast type, 3-4 on the slow one
         record["machine"] = fast if record["seed"] < 3 else slow
         record["seconds"] = {"train": 100.0 * (1 + record["seed"]), "evaluate": 10.0}
-    rows = rows_of(cost_section([config]), "`c` | `gan`")
+        if record["method"] == "gan":  # each cell trains its seed's generator
+            record["training"].update(generator_seconds=100.0 + record["seed"],
+                                      generator_loaded=False)
+    # A cell on the slow type that loaded seed 0's generator, trained on the fast type.
+    loader = config_of("c_x2", {"gan": 0.0}, tmp_path).by_method("gan")[0]
+    loader["machine"] = slow
+    loader["training"].update(generator_seconds=100.0, generator_loaded=True)
+    lines = cost_section([config, Config("c_x2", [loader], tmp_path)])
+    rows = rows_of(lines, "`c` | `gan`")
     assert [row[2:4] for row in rows] == [["AMD EPYC, AVX2", "2"], ["Xeon, AVX-512+BF16", "3"]]
     assert [row[-1] for row in rows] == ["460", "210"]  # medians of 410, 510 and 110, 210, 310
+    assert [row[4] for row in rows] == ["104", "101"]  # 103, 104 and 100, 101, 102
+    # The generator counts on the type that trained it, not in the loader's row.
+    assert rows_of(lines, "`c_x2` | `gan`")[0][4] == "–"
 
     for record in config.records:
         record["machine"] = fast

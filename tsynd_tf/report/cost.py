@@ -13,6 +13,7 @@ windows, one JSON line each:
 by hand.) A cell whose [started, finished] overlaps a window is left out of the medians, and
 so is a cell that resumed a run an earlier attempt began (its clock counts the last attempt
 only), and the generator such a cell trained, in every cell that loaded it from the cache.
+A generator's seconds count in the rows of the machine type that trained it.
 """
 
 from __future__ import annotations
@@ -91,22 +92,28 @@ def cost_section(configs: list[Config], windows: list[dict] = ()) -> list[str]:
     every = [r for c in configs for r in c.records]
     left_out = [r for r in every if resumed(r) or in_window(r, windows)]
     left_out_cells = {r["cell"] for r in left_out}
+    per_type = len({machine_type_of(r) for r in every}) > 1
+    row_type = machine_type_of if per_type else (lambda record: "")
+    # Each generator's seconds count on the machine type of the cell that trained it, and
+    # only if that cell's clock counts: a cell that loaded it may have run elsewhere.
+    trained = {generator_key(r): row_type(r) for r in every
+               if r["training"].get("generator_loaded") is False}
     stretched = {generator_key(r) for r in left_out
                  if r["training"].get("generator_loaded") is False}
-    per_type = len({machine_type_of(r) for r in every}) > 1
     rows = []
     for config in configs:
         for method in config.methods:
             groups = collections.defaultdict(list)
             for record in config.by_method(method):
-                groups[machine_type_of(record) if per_type else ""].append(record)
+                groups[row_type(record)].append(record)
             for kind, cells in sorted(groups.items()):
                 kept = [r for r in cells if r["cell"] not in left_out_cells]
                 training = [r["training"] for r in kept]
                 rows.append([f"`{config.name}`", f"`{method}`", *([kind] if per_type else []),
                              len(kept),
                              _median(r["training"].get("generator_seconds") for r in cells
-                                     if generator_key(r) not in stretched),
+                                     if trained.get(generator_key(r)) == kind
+                                     and generator_key(r) not in stretched),
                              _median(t.get("seconds/synthesis") for t in training),
                              _median(t.get("seconds/classifier") for t in training),
                              _median(r["seconds"].get("evaluate") for r in kept),
@@ -120,7 +127,8 @@ def cost_section(configs: list[Config], windows: list[dict] = ()) -> list[str]:
             "every method and cell that samples it, so a sweep pays it once per config and "
             "seed; *synthesis*: making the pools; *classifier*: its training; *cell*: train + "
             "evaluate as the sweep clocked them, generator included where this cell trained "
-            "it; *n*: the cells in the medians.", "",
+            "it; *n*: the cells in the medians (the generator's are the cells that trained it "
+            "or loaded one trained on the same machine type).", "",
             *_left_out_note(left_out, stretched, windows),
             markdown_table(["config", "method", *(["machine"] if per_type else []), "n",
                             "generator", "synthesis", "classifier", "evaluate", "cell"],
