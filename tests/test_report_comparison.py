@@ -286,6 +286,9 @@ def test_cost_leaves_out_cells_and_generators_clocked_in_a_timing_window(tmp_pat
     assert ("- resumed a run that an earlier attempt began (their seconds count the last "
             "attempt only): 2 cells") in lines
 
-    windows_file.write_text(windows_file.read_text() + '{"start": "2026-12-07T11:00:00"}\n')
-    with pytest.raises(UsageError, match="timing_windows.jsonl, record 2: .* fix or delete"):
-        read_timing_windows(tmp_path)
+    valid = windows_file.read_text()
+    for bad in ('{"start": "2026-12-07T11:00:00"}', '{"start": "2026-12-07T11:00:00+00:00", '
+                '"end": "2026-12-07T11:05:00+00:00", "kind": "paused"'):  # no end; not JSON
+        windows_file.write_text(valid + bad + "\n")
+        with pytest.raises(UsageError, match="timing_windows.jsonl, line 2: .* fix or delete"):
+            read_timing_windows(tmp_path)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from tsynd_tf import cli
-from tsynd_tf.fileio import read_json_lines
 from tsynd_tf.report.records import Config, cell_seconds, machine_type_of, sweep_folder
 from tsynd_tf.report.tables import markdown_table
 
@@ -35,20 +35,25 @@ WINDOW_KINDS = ("paused", "shared")
 
 def read_timing_windows(sweep_dir: Path) -> list[dict]:
     """The sweep folder's timing windows, with `start` and `end` as datetimes; a line that
-    is not a window is refused, naming the file, so a typo cannot silently keep a cell."""
+    is not a window (or not JSON) is refused, naming the file and line: the file is edited
+    by hand, and a typo must not silently keep a cell."""
     path = sweep_folder(sweep_dir).timing_windows
     windows = []
-    for number, line in enumerate(read_json_lines(path), 1):
+    text = path.read_text() if path.is_file() else ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
+            line = json.loads(line)
             window = {**line, "start": datetime.datetime.fromisoformat(line["start"]),
                       "end": datetime.datetime.fromisoformat(line["end"])}
             valid = (window["start"] <= window["end"] and line["kind"] in WINDOW_KINDS
                      and None not in (window["start"].tzinfo, window["end"].tzinfo))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
             valid = False
         if not valid:
             raise cli.UsageError(
-                f"{path}, record {number}: {line!r} is not a timing window. Each line is "
+                f"{path}, line {number}: {line!r} is not a timing window. Each line is "
                 '{"start": ISO time with its UTC offset, "end": the same or later, "kind": '
                 f'{" or ".join(WINDOW_KINDS)}, "what": why}}; fix or delete that line.')
         windows.append(window)
