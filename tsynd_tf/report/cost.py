@@ -101,10 +101,10 @@ def cost_section(configs: list[Config], windows: list[dict] = ()) -> list[str]:
     row_type = machine_type_of if per_type else (lambda record: "")
     # Each generator's seconds count on the machine type of the cell that trained it, and
     # only if that cell's clock counts: a cell that loaded it may have run elsewhere.
-    trained = {generator_key(r): row_type(r) for r in every
-               if r["training"].get("generator_loaded") is False}
-    stretched = {generator_key(r) for r in left_out
-                 if r["training"].get("generator_loaded") is False}
+    trainers = [r for r in every if r["training"].get("generator_loaded") is False]
+    trained = {generator_key(r): row_type(r) for r in trainers
+               if r["cell"] not in left_out_cells}
+    stretched = {generator_key(r) for r in trainers if r["cell"] in left_out_cells}
     rows = []
     for config in configs:
         for method in config.methods:
@@ -117,8 +117,7 @@ def cost_section(configs: list[Config], windows: list[dict] = ()) -> list[str]:
                 rows.append([f"`{config.name}`", f"`{method}`", *([kind] if per_type else []),
                              len(kept),
                              _median(r["training"].get("generator_seconds") for r in cells
-                                     if trained.get(generator_key(r)) == kind
-                                     and generator_key(r) not in stretched),
+                                     if trained.get(generator_key(r)) == kind),
                              _median(t.get("seconds/synthesis") for t in training),
                              _median(t.get("seconds/classifier") for t in training),
                              _median(r["seconds"].get("evaluate") for r in kept),
