@@ -30,12 +30,13 @@ install-ray: $(STAMP)
 run: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tsynd_tf.train --flagfile=flags/pneumoniamnist_10pct.cfg $(ARGS)
 
-# Two test processes, a test file each at a time (its module fixtures built once): on 2
-# cores the suite takes 23 min instead of 30 (BUILD.md, "Tests"). make test TEST_WORKERS=0: one process.
+# Two test processes, a group of test files each at a time (tests/conftest.py: a file, or
+# the files sharing a costly session fixture), so module and those session fixtures are
+# built once (BUILD.md, "Tests"). make test TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV)

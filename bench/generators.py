@@ -10,8 +10,10 @@ generator_steps, ddim_steps, guidance_scale, eval_batch_size, mixed_precision, .
 bench.run's --repeats and --warmup. For each of --generators, the run parts
 (run_parts.assemble) of that --method are built in a temporary run directory with a
 temporary model cache; its method fits its generator for --steps batches and samples a few
-images (tracing; untimed). Then the
-method's own `train` (--steps batches of --batch_size on the labelled images) runs --warmup
+images (tracing). That first fit is timed as a whole (first_fit_seconds: tracing the step,
+its --steps steps and writing the cache entry; first_fit_extra_seconds: what it costs above
+--steps timed steps, mostly the tracing that every run that trains a generator pays once).
+Then the method's own `train` (--steps batches of --batch_size on the labelled images) runs --warmup
 times untimed and --repeats times timed, and its own `pool` (--num_images images; diffusion at
 --ddim_steps) --sample_repeats times: one diffusion pool of 1,000 images takes minutes on 2
 cores, which is why it defaults to once. Neither time depends on the weights, so a
@@ -64,7 +66,9 @@ def measure(settings: config.TrainConfig, generator: str, root: Path) -> list[di
         output_dir=str(root / generator), cache_dir=str(root / "cache"))
     parts = run_parts.assemble(run_settings, RunDir(root / generator))
     method = parts.method
+    started = time.perf_counter()
     method.fit(parts.real, parts.dataset.train)  # traces the training step
+    first_fit = time.perf_counter() - started
     method.pool(0, parts.classifier, min(FLAGS.num_images, 8))  # traces the sampler
     device = device_info(parts)
     common = {"generator": generator, "dataset": settings.dataset, "size": settings.size,
@@ -80,6 +84,8 @@ def measure(settings: config.TrainConfig, generator: str, root: Path) -> list[di
         {**common, "measure": "train", "batch_size": settings.batch_size,
          "steps": FLAGS.steps, "seconds_per_step": per_step,
          "seconds_per_step_min_max": [min(train) / FLAGS.steps, max(train) / FLAGS.steps],
+         "first_fit_seconds": first_fit,
+         "first_fit_extra_seconds": first_fit - per_step * FLAGS.steps,
          "generator_steps": settings.generator_steps,
          "seconds_at_generator_steps": per_step * settings.generator_steps,
          "target_seconds": TARGET_TRAIN_SECONDS},

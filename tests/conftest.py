@@ -71,6 +71,16 @@ def reproducible(results: dict) -> dict:
 # ----------------------------------------------------------------------------- subprocesses
 
 
+def count_traces(model) -> list:
+    """A list that grows by one each time `model.train_step` runs in Python: once per trace
+    of the step (a traced step runs as a graph), so after `fit` its length is the number of
+    times the step was traced."""
+    step = model.train_step
+    traces = []
+    model.train_step = lambda batch: (traces.append(1), step(batch))[1]
+    return traces
+
+
 def subprocess_env(**extra: str) -> dict:
     """os.environ with TensorFlow's C++ logs quiet and $TSYND_DATA_DIR at the test data,
     updated by `extra`."""
@@ -224,6 +234,25 @@ def breast_meter(breast, tmp_path_factory):
 
     cache_dir = str(tmp_path_factory.mktemp("breast_reference_cache"))
     return reference.PoolQuality(breast, cache_dir), cache_dir
+
+
+# ----------------------------------------------------------------------------- workers
+
+# `make test` runs the tests in two pytest-xdist workers, a group at a time (--dist
+# loadgroup). A group is a test file, so its module fixtures are made once; files that use
+# one of these costly session fixtures are one group, so that fixture is made once too, in
+# one worker, instead of in each (about 70 s for tiny_sweep, 90 s for breast_meter).
+SHARED_SESSION_FIXTURES = ("tiny_sweep", "breast_meter")
+
+
+def pytest_collection_modifyitems(items):
+    group_of_file = {}
+    for item in items:
+        shared = [name for name in SHARED_SESSION_FIXTURES if name in item.fixturenames]
+        if shared:
+            group_of_file.setdefault(item.path, shared[0])
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of_file.get(item.path, str(item.path))))
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import count_traces
 
 from tsynd_tf import data
 from tsynd_tf.synthesis.gan import GAN
@@ -72,9 +73,13 @@ def test_a_corrupt_cached_generator_is_trained_again_to_the_same_weights(run, ca
     try:
         weights.write_bytes(b"not an h5 file")
         again = GAN(run.method.context)
+        traces = count_traces(again.model)
         with caplog.at_level(logging.WARNING, logger="tsynd_tf"):
             again.fit(run.real, run.dataset.train)
         assert "does not load" in caplog.text and not again.generator_record["loaded"]
+        # Its optimizers' slots existed before the first step, which was therefore traced
+        # once: tf.function traces a step that creates variables twice.
+        assert len(traces) == 1
         # One seed, one generator: retraining on CPU gives the first training's weights.
         for got, want in zip(again.model.ema.get_weights(),
                              run.method.model.ema.get_weights()):

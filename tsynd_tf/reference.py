@@ -100,6 +100,7 @@ def train_reference(network: keras.Model, dataset: data.Dataset, recipe: Recipe)
     loss = (keras.losses.BinaryCrossentropy(from_logits=True) if dataset.info.multilabel else
             keras.losses.CategoricalCrossentropy(from_logits=True))
     trainer.compile(keras.optimizers.Adam(1e-3), loss)
+    trainer.optimizer.build(trainer.trainable_variables)  # else the first step traces twice
     batches = data.make_pipeline(dataset.train.images, dataset.train.targets, REFERENCE_BATCH,
                                  shuffle=True, seed=REFERENCE_SEED)
     if recipe.augment:

@@ -201,6 +201,12 @@ class DiffusionModel(keras.Model):
         # All state exists now; `fit` must not try to build this call-less model.
         self.built = True
 
+    def compile(self, optimizer: keras.optimizers.Optimizer, jit_compile: bool = False):
+        super().compile(optimizer=optimizer, jit_compile=jit_compile)
+        # The slots now, not in the first traced step: tf.function traces a step that creates
+        # variables twice, and this step's trace dominates a short run (BUILD.md, "Tests").
+        self.optimizer.build(self.network.trainable_variables)
+
     @property
     def metrics(self):
         return [self.loss_tracker]

@@ -248,6 +248,9 @@ class ConditionalGAN(keras.Model):
 
         self.g_optimizer, self.d_optimizer = scaled(g_optimizer), scaled(d_optimizer)
         super().compile(jit_compile=jit_compile)
+        # The slots now, not in the first traced step, which would then be traced twice.
+        self.g_optimizer.build(self.generator.trainable_variables)
+        self.d_optimizer.build(self.discriminator.trainable_variables)
 
     @property
     def metrics(self):
