@@ -13,10 +13,10 @@ temporary model cache; its method fits its generator for --steps batches and sam
 images (tracing). That first fit is timed as a whole (first_fit_seconds: tracing the step,
 its --steps steps and writing the cache entry; first_fit_extra_seconds: what it costs above
 --steps timed steps, mostly the tracing that every run that trains a generator pays once).
-Then the method's own `train` (--steps batches of --batch_size on the labelled images) runs --warmup
-times untimed and --repeats times timed, and its own `pool` (--num_images images; diffusion at
---ddim_steps) --sample_repeats times: one diffusion pool of 1,000 images takes minutes on 2
-cores, which is why it defaults to once. Neither time depends on the weights, so a
+Then the method's own `train` (--steps batches of --batch_size on the labelled images) runs
+--warmup times untimed and --repeats times timed, and its own `pool` (--num_images images;
+diffusion at --ddim_steps) --sample_repeats times: one diffusion pool of 1,000 images takes
+minutes on 2 cores, which is why it defaults to once. Neither time depends on the weights, so a
 generator of a few steps times the same as a trained one. Prints one JSON line per
 (generator, measurement), with the machine's load average, since a busy machine is slower;
 `train` rows also give the seconds that --generator_steps would take. Timings only; nothing

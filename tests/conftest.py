@@ -7,6 +7,7 @@ Importable by test modules (`from conftest import ...`):
   run_module(module, *args, ...)      the same for `python -m module args`
   subprocess_env(**extra)             that environment, for Popen
   reproducible(results)               a results.json dict less what differs between equal runs
+  count_traces(model)                 how many times fit traced model.train_step
   TINY_SWEEP_CONFIG, TINY_SWEEP_METHODS, TINY_EVAL_ARGS, run_tiny_sweep(config, sweep_dir,
   data_dir)                           the tiny sweep of tiny_sweep, and running it again
 Fixtures: medmnist_dir, chest_xray_dir, small_xray_dir, pneumonia, breast, trained_classifier,
@@ -68,7 +69,7 @@ def reproducible(results: dict) -> dict:
     return {k: v for k, v in results.items() if "seconds" not in k and k != "generator_loaded"}
 
 
-# ----------------------------------------------------------------------------- subprocesses
+# ----------------------------------------------------------------------------- tracing
 
 
 def count_traces(model) -> list:
@@ -79,6 +80,9 @@ def count_traces(model) -> list:
     traces = []
     model.train_step = lambda batch: (traces.append(1), step(batch))[1]
     return traces
+
+
+# ----------------------------------------------------------------------------- subprocesses
 
 
 def subprocess_env(**extra: str) -> dict:

@@ -286,7 +286,7 @@ def test_each_generator_size_trains_and_samples_on_the_cpu(size, tmp_path, medmn
     traces = count_traces(parts.method.model)
     parts.method.fit(parts.real, parts.dataset.train)
     # The optimizer's slots existed before the first step: traced once, not twice (a step
-    # that creates variables is traced again), which halves a short run's training time.
+    # that creates variables is traced again), ~10 s less for every run that trains one.
     assert len(traces) == 1
     pool = parts.method.pool(0, parts.classifier, 4)
     assert pool.images.shape == (4, 28, 28, 1) and pool.images.dtype == np.uint8

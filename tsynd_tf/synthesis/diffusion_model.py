@@ -204,7 +204,7 @@ class DiffusionModel(keras.Model):
     def compile(self, optimizer: keras.optimizers.Optimizer, jit_compile: bool = False):
         super().compile(optimizer=optimizer, jit_compile=jit_compile)
         # The slots now, not in the first traced step: tf.function traces a step that creates
-        # variables twice, and this step's trace dominates a short run (BUILD.md, "Tests").
+        # variables twice (docs/PERFORMANCE.md, "Hot paths": ~10 s of every first fit).
         self.optimizer.build(self.network.trainable_variables)
 
     @property
