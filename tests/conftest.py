@@ -249,6 +249,7 @@ def breast_meter(breast, tmp_path_factory):
 SHARED_SESSION_FIXTURES = ("tiny_sweep", "breast_meter")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into nodeids
 def pytest_collection_modifyitems(items):
     group_of_file = {}
     for item in items:
@@ -257,6 +258,19 @@ def pytest_collection_modifyitems(items):
             group_of_file.setdefault(item.path, shared[0])
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group_of_file.get(item.path, str(item.path))))
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest alone does not know it
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under --dist loadgroup, stops the run when a worker's collection lacks the groups in
+    the nodeids that the scheduler groups by (`path::test@group`): the tests would be dealt
+    out one by one and every module fixture made in both workers, silently. That happened
+    with pytest 9.2.0 (pytest-xdist issue #1386), hence pytest 9.1.1 (BUILD.md)."""
+    if node.config.getoption("dist") == "loadgroup" and any("@" not in id_ for id_ in ids):
+        pytest.exit("--dist loadgroup: pytest-xdist did not add the tests' groups to their "
+                    "nodeids (pytest-xdist issue #1386, pytest >= 9.2): install the pinned "
+                    "pytest (make install, requirements.txt) or run with --dist loadfile.",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 # ----------------------------------------------------------------------------- sweeps
