@@ -161,7 +161,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
             assert sorted(got.files) == sorted(want.files)
             for key in want.files:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}:{key}")
-    # That a finished run run again redoes nothing is tested once, in test_red_team.
+    # A finished run started again redoes nothing: test_red_team checks that, once.
 
 
 def test_image_folder_run_with_a_relative_data_dir_evaluates_from_elsewhere(
