@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from absl import flags
 
-from bench.machine import cpu_model, git_revision
+from bench import pool_bench
 from tsynd_tf import cli, config
 
 config.define_flags()
@@ -104,13 +102,12 @@ def pools(parts, method) -> dict:
 def main(argv):
     del argv
     settings = dataclasses.replace(config.from_flags(FLAGS), method="gan", verbose=0)
-    from tsynd_tf import data, pool_grid, reference, run_parts
+    from tsynd_tf import data, reference, run_parts
     from tsynd_tf.fileio import append_json_line
     from tsynd_tf.runs import RunDir
 
     output = Path(FLAGS.output)
-    append_json_line(output, {"command": " ".join(sys.argv), "cpu": cpu_model(),
-                              "git": git_revision(), "date": time.strftime("%Y-%m-%d")})
+    pool_bench.append_invocation(output)
     dataset = data.load_configured(settings)
     meter = reference.PoolQuality(dataset, settings.cache_dir)
     names = dataset.info.class_names
@@ -121,9 +118,8 @@ def main(argv):
             method.fit(parts.real, parts.dataset.train)
             for name, (images, targets) in pools(parts, method).items():
                 if name == "gan":
-                    Path(FLAGS.grid_dir).mkdir(parents=True, exist_ok=True)
-                    pool_grid.save_png(pool_grid.class_grid(images, targets, names, 16),
-                                       Path(FLAGS.grid_dir) / f"{settings.dataset}_gan.png")
+                    pool_bench.save_class_grid(images, targets, names, FLAGS.grid_dir,
+                                               f"{settings.dataset}_gan", per_class=16)
                 features, _ = meter.features(images)
                 row = {"dataset": settings.dataset, "pool": name,
                        "train_seconds": method.generator_record["seconds"],

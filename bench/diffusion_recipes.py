@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bench.machine import cpu_model, git_revision
+from bench import pool_bench
 from tsynd_tf import cli, config
 
 # name: (recipe fields changed from diffusion_model.Recipe(), steps).
@@ -78,16 +77,8 @@ def parse_sampling(values: list[str]) -> list[tuple[int, float]]:
 
 
 def check_flags() -> list[tuple[int, float]]:
-    unknown = [name for name in FLAGS.recipes if name not in CANDIDATES]
-    if unknown or not FLAGS.recipes:
-        raise cli.UsageError(f"--recipes: unknown {unknown or 'empty list'}; choose from "
-                             f"{', '.join(CANDIDATES)}.")
-    if FLAGS.num_images < 4:
-        raise cli.UsageError("--num_images must be >= 4 (precision/recall use 3 neighbours).")
-    from tsynd_tf.fileio import check_output
-
-    check_output("--output", FLAGS.output, directory=False)
-    check_output("--grid_dir", FLAGS.grid_dir)
+    pool_bench.check_recipes(FLAGS.recipes, CANDIDATES)
+    pool_bench.check_outputs(FLAGS.num_images, FLAGS.output, FLAGS.grid_dir)
     return parse_sampling(FLAGS.sampling)
 
 
@@ -101,12 +92,6 @@ def row_key(recorded: dict, recipe: str, steps: int, scale: float) -> tuple:
     """What makes a row: the generator's data and precision, the recipe, the sampling."""
     return (recorded["dataset"], recorded["labelled"], recorded["precision"], recipe,
             steps, scale)
-
-
-def per_class_fidelity(meter, images: np.ndarray, labels: np.ndarray, names) -> dict:
-    probs = meter.features(images)[1]
-    return {names[k]: float(np.mean(probs[labels == k].argmax(1) == k))
-            for k in range(len(names)) if np.any(labels == k)}
 
 
 def train_candidate(settings: config.TrainConfig, name: str, root: Path):
@@ -128,7 +113,7 @@ def train_candidate(settings: config.TrainConfig, name: str, root: Path):
 
 
 def measure(parts, method, meter, name: str, sampling: tuple[int, float]) -> dict:
-    from tsynd_tf import data, pool_grid
+    from tsynd_tf import data, reference
     from tsynd_tf.data.pipeline import to_uint8
     from tsynd_tf.synthesis import generators
 
@@ -138,18 +123,15 @@ def measure(parts, method, meter, name: str, sampling: tuple[int, float]) -> dic
     images = to_uint8(np.clip(method.model.sample(labels, steps, scale, SAMPLE_SEED,
                                                   batch_size=parts.eval_batch_size), 0, 1))
     sample_seconds = time.time() - start
-    names = parts.dataset.info.class_names
-    grid = pool_grid.class_grid(images, targets, names)
-    Path(FLAGS.grid_dir).mkdir(parents=True, exist_ok=True)
-    pool_grid.save_png(grid, Path(FLAGS.grid_dir) /
-                       f"{parts.config.dataset}_{name}_{steps}_{scale:g}.png")
+    pool_bench.save_class_grid(images, targets, parts.dataset.info.class_names,
+                               FLAGS.grid_dir, f"{parts.config.dataset}_{name}_{steps}_{scale:g}")
     record = method.generator_record
+    measured = meter.measure(data.Split(images, targets))
     return {"recipe": name, "ddim_steps": steps, "guidance_scale": scale,
             "settings": record["settings"], "parameters": method.model.network.count_params(),
             "train_seconds": record["seconds"], "loaded": record["loaded"],
-            "sample_seconds": round(sample_seconds, 1), "num_images": len(images),
-            **meter.measure(data.Split(images, targets)),
-            "label_fidelity_per_class": per_class_fidelity(meter, images, labels, names),
+            "sample_seconds": round(sample_seconds, 1), "num_images": len(images), **measured,
+            "label_fidelity_per_class": reference.by_class(measured, "label_fidelity"),
             "load_average": os.getloadavg()}
 
 
@@ -179,12 +161,11 @@ def main(argv):
     settings = config.from_flags(FLAGS)
     output = Path(FLAGS.output)
     from tsynd_tf import data, reference
-    from tsynd_tf.fileio import append_json_line, atomic_path
+    from tsynd_tf.fileio import append_json_line
 
     done = {row_key(r["settings"], r["recipe"], r["ddim_steps"], r["guidance_scale"])
             for r in done_rows(output)}
-    append_json_line(output, {"command": " ".join(sys.argv), "cpu": cpu_model(),
-                              "git": git_revision(), "date": time.strftime("%Y-%m-%d")})
+    pool_bench.append_invocation(output)
     meter = reference.PoolQuality(data.load_configured(settings), settings.cache_dir)
     with tempfile.TemporaryDirectory(prefix="tsynd-bench-recipes-") as root:
         for name in FLAGS.recipes:
@@ -197,8 +178,7 @@ def main(argv):
                     row = measure(parts, method, meter, name, (steps, scale))
                     append_json_line(output, row)
                     print(json.dumps(row), flush=True)
-    with atomic_path(output.with_suffix(".md")) as path:
-        path.write_text(table(done_rows(output)))
+    pool_bench.write_table(output, table(done_rows(output)))
     return 0
 
 

@@ -23,15 +23,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 from absl import flags
 
-from bench.machine import cpu_model, git_revision
+from bench import pool_bench
 from tsynd_tf import cli, config
 
 # name: (gan_model.Recipe fields changed, G's learning rate, steps).
@@ -60,24 +57,9 @@ def done_rows(path: Path) -> list[dict]:
     return [row for row in read_json_lines(path) if "recipe" in row]
 
 
-def per_class_fidelity(meter, images: np.ndarray, labels: np.ndarray, names) -> dict:
-    """As bench.diffusion_recipes' (importing that module would define its flags again)."""
-    probs = meter.features(images)[1]
-    return {names[k]: float(np.mean(probs[labels == k].argmax(1) == k))
-            for k in range(len(names)) if np.any(labels == k)}
-
-
 def check_flags() -> None:
-    unknown = [name for name in FLAGS.recipes if name not in CANDIDATES]
-    if unknown or not FLAGS.recipes:
-        raise cli.UsageError(f"--recipes: unknown {unknown or 'empty list'}; choose from "
-                             f"{', '.join(CANDIDATES)}.")
-    if FLAGS.num_images < 4:
-        raise cli.UsageError("--num_images must be >= 4 (precision/recall use 3 neighbours).")
-    from tsynd_tf.fileio import check_output
-
-    check_output("--output", FLAGS.output, directory=False)
-    check_output("--grid_dir", FLAGS.grid_dir)
+    pool_bench.check_recipes(FLAGS.recipes, CANDIDATES)
+    pool_bench.check_outputs(FLAGS.num_images, FLAGS.output, FLAGS.grid_dir)
 
 
 def candidate_settings(settings: config.TrainConfig, name: str, root: Path):
@@ -95,27 +77,28 @@ def row_key(recorded: dict, recipe: str) -> tuple:
 
 
 def measure(parts, method, meter, name: str) -> dict:
-    from tsynd_tf import data, pool_grid
+    from tsynd_tf import data, reference
     from tsynd_tf.data.pipeline import to_uint8
     from tsynd_tf.synthesis import generators
 
     labels, targets = generators.pool_labels(method.labelled, FLAGS.num_images, SAMPLE_SEED)
     images = to_uint8(method.model.sample(labels, SAMPLE_SEED,
                                           batch_size=parts.eval_batch_size))
-    names = parts.dataset.info.class_names
-    Path(FLAGS.grid_dir).mkdir(parents=True, exist_ok=True)
-    pool_grid.save_png(pool_grid.class_grid(images, targets, names),
-                       Path(FLAGS.grid_dir) / f"{parts.config.dataset}_{name}.png")
+    pool_bench.save_class_grid(images, targets, parts.dataset.info.class_names,
+                               FLAGS.grid_dir, f"{parts.config.dataset}_{name}")
     record = method.generator_record
+    measured = meter.measure(data.Split(images, targets))
     return {"recipe": name, "settings": record["settings"],
             "parameters": method.model.ema.count_params(),
             "train_seconds": record["seconds"], "loaded": record["loaded"],
-            "num_images": len(images), **meter.measure(data.Split(images, targets)),
-            "label_fidelity_per_class": per_class_fidelity(meter, images, labels, names),
+            "num_images": len(images), **measured,
+            "label_fidelity_per_class": reference.by_class(measured, "label_fidelity"),
             "load_average": os.getloadavg()}
 
 
 def table(rows: list[dict]) -> str:
+    from tsynd_tf.reference import by_class
+
     lines = ["| dataset | recipe | G params | steps x batch | lr | train s | FID | precision | "
              "recall | label fidelity | per class | nearest-neighbour diversity | "
              "memorised px | memorised feat |", "|---" * 14 + "|"]
@@ -123,8 +106,8 @@ def table(rows: list[dict]) -> str:
         s = r["settings"]
         per_class = ", ".join(f"{k[:10]} {v:.2f}"
                               for k, v in r["label_fidelity_per_class"].items())
-        nearest = ", ".join(f"{k[len('nearest_diversity/'):][:10]} {v:.2f}"
-                            for k, v in r.items() if k.startswith("nearest_diversity/"))
+        nearest = ", ".join(f"{k[:10]} {v:.2f}"
+                            for k, v in by_class(r, "nearest_diversity").items())
         lines.append(
             f"| {s['dataset']} | {r['recipe']} | {r['parameters'] / 1e6:.2f}M | "
             f"{s['generator_steps']} x {s['batch_size']} | {s['generator_learning_rate']:g} | "
@@ -140,14 +123,13 @@ def main(argv):
     settings = config.from_flags(FLAGS)
     output = Path(FLAGS.output)
     from tsynd_tf import data, reference, run_parts
-    from tsynd_tf.fileio import append_json_line, atomic_path
+    from tsynd_tf.fileio import append_json_line
     from tsynd_tf.runs import RunDir
     from tsynd_tf.synthesis.gan import GAN
     from tsynd_tf.synthesis.gan_model import Recipe
 
     done = {row_key(r["settings"], r["recipe"]) for r in done_rows(output)}
-    append_json_line(output, {"command": " ".join(sys.argv), "cpu": cpu_model(),
-                              "git": git_revision(), "date": time.strftime("%Y-%m-%d")})
+    pool_bench.append_invocation(output)
     meter = reference.PoolQuality(data.load_configured(settings), settings.cache_dir)
     with tempfile.TemporaryDirectory(prefix="tsynd-bench-gan-") as root:
         for name in FLAGS.recipes:
@@ -160,8 +142,7 @@ def main(argv):
                 row = measure(parts, method, meter, name)
                 append_json_line(output, row)
                 print(json.dumps(row), flush=True)
-    with atomic_path(output.with_suffix(".md")) as path:
-        path.write_text(table(done_rows(output)))
+    pool_bench.write_table(output, table(done_rows(output)))
     return 0
 
 

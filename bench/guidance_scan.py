@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from bench.machine import cpu_model, git_revision
+from bench import pool_bench
 from tsynd_tf import cli, config
 
 config.define_flags()  # the training settings, as `train` has them
@@ -58,12 +57,7 @@ def check_flags() -> list[float]:
         scales = [-1.0]
     if min(scales) < 0:
         raise cli.UsageError(f"--scales takes numbers >= 0; got {FLAGS.scales}.")
-    if FLAGS.num_images < 4:
-        raise cli.UsageError("--num_images must be >= 4 (precision/recall use 3 neighbours).")
-    from tsynd_tf.fileio import check_output
-
-    check_output("--output", FLAGS.output, directory=False)
-    check_output("--grid_dir", FLAGS.grid_dir)
+    pool_bench.check_outputs(FLAGS.num_images, FLAGS.output, FLAGS.grid_dir)
     return scales
 
 
@@ -102,12 +96,8 @@ def measure(parts, meter, scale: float) -> dict:
             batch_size=batch_size, guide=guide), 0, 1))
         seconds = time.time() - start
         own = generators.pool_uncertainty(method.context, classifier, images, targets)
-    from tsynd_tf import pool_grid
-
-    names = parts.dataset.info.class_names
-    Path(FLAGS.grid_dir).mkdir(parents=True, exist_ok=True)
-    pool_grid.save_png(pool_grid.class_grid(images, targets, names),
-             Path(FLAGS.grid_dir) / f"{settings.dataset}_{settings.train_fraction:g}_{scale:g}.png")
+    pool_bench.save_class_grid(images, targets, parts.dataset.info.class_names, FLAGS.grid_dir,
+                               f"{settings.dataset}_{settings.train_fraction:g}_{scale:g}")
     return {"scale": scale, "settings": method.generator_record["settings"],
             "train_fraction": settings.train_fraction, "ddim_steps": settings.ddim_steps,
             "guidance_scale": settings.guidance_scale, "num_images": len(images),
@@ -159,12 +149,11 @@ def main(argv):
     scales = check_flags()
     settings = config.from_flags(FLAGS)
     from tsynd_tf import data, reference
-    from tsynd_tf.fileio import append_json_line, atomic_path, read_json_lines
+    from tsynd_tf.fileio import append_json_line, read_json_lines
 
     output = Path(FLAGS.output)
     done = {row_key(r) for r in read_json_lines(output) if "scale" in r}
-    append_json_line(output, {"command": " ".join(sys.argv), "cpu": cpu_model(),
-                              "git": git_revision(), "date": time.strftime("%Y-%m-%d")})
+    pool_bench.append_invocation(output)
     meter = reference.PoolQuality(data.load_configured(settings), settings.cache_dir)
     with tempfile.TemporaryDirectory(prefix="tsynd-bench-scan-") as root:
         with round_zero(settings, Path(root)) as parts:
@@ -177,8 +166,7 @@ def main(argv):
                 row = measure(parts, meter, scale)
                 append_json_line(output, row)
                 print(json.dumps(row), flush=True)
-    with atomic_path(output.with_suffix(".md")) as path:
-        path.write_text(table([r for r in read_json_lines(output) if "scale" in r]))
+    pool_bench.write_table(output, table([r for r in read_json_lines(output) if "scale" in r]))
     return 0
 
 

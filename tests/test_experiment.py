@@ -120,6 +120,13 @@ def test_torn_last_line_is_ignored_and_next_append_starts_a_new_line(tmp_path):
     assert fileio.read_json_lines(tmp_path / "missing.jsonl") == []
 
 
+def test_a_lines_file_in_a_folder_not_made_yet_is_written(tmp_path):
+    path = tmp_path / "new" / "folder" / "rows.jsonl"
+    assert fileio.unwritable(path, directory=False) is None  # what the commands check first
+    fileio.append_json_line(path, {"row": 1})
+    assert fileio.read_json_lines(path) == [{"row": 1}]
+
+
 # ----------------------------------------------------------------------------- report
 
 

@@ -1,6 +1,7 @@
-"""The generator benches of issue 26 (bench/diffusion_recipes.py, bench/guidance_scan.py):
-their refusals before any work, and a tiny guidance scan on real images end to end. They
-define the training flags, so they run as subprocesses (as a user runs them)."""
+"""The generator benches of issue 26 (bench/diffusion_recipes.py, gan_recipes.py,
+guidance_scan.py): their refusals before any work, and tiny searches and a tiny guidance scan
+on real images end to end. They define the training flags, so they run as subprocesses (as a
+user runs them)."""
 
 import json
 
@@ -44,3 +45,32 @@ def test_a_guidance_scan_measures_every_scale_from_the_same_start(tmp_path, medm
     run_module("bench.guidance_scan", *args, timeout=600)
     again = [json.loads(line) for line in output.read_text().splitlines()]
     assert len([r for r in again if "scale" in r]) == 3
+
+
+def test_recipe_searches_measure_every_candidate_and_resume(tmp_path, medmnist_dir,
+                                                             breast_meter):
+    common = ["--dataset=breastmnist", "--train_fraction=0.1", f"--data_dir={medmnist_dir}",
+              f"--cache_dir={breast_meter[1]}", "--generator_steps=3", "--num_images=32"]
+    # --output in a folder that does not exist yet: the benches make it.
+    diffusion = tmp_path / "new" / "diffusion.jsonl"
+    args = [*common, "--recipes=v1", "--sampling=3:1,3:0", f"--output={diffusion}",
+            f"--grid_dir={tmp_path / 'diffusion'}"]
+    run_module("bench.diffusion_recipes", *args, timeout=600)
+    rows = [json.loads(line) for line in diffusion.read_text().splitlines()]
+    measured = [r for r in rows if "recipe" in r]
+    assert [(r["recipe"], r["guidance_scale"]) for r in measured] == [("v1", 1), ("v1", 0)]
+    for r in measured:
+        fidelity = r["label_fidelity_per_class"]
+        assert set(fidelity) == {"malignant", "normal, benign"}
+        assert all(0 <= v <= 1 for v in fidelity.values())
+    assert len(list((tmp_path / "diffusion").glob("*.png"))) == 2
+    assert diffusion.with_suffix(".md").read_text().count("| breastmnist | v1 |") == 2
+    run_module("bench.diffusion_recipes", *args, timeout=600)  # again: nothing sampled twice
+    assert len([line for line in diffusion.read_text().splitlines() if '"recipe"' in line]) == 2
+
+    gan = tmp_path / "gan.jsonl"
+    run_module("bench.gan_recipes", *common, "--recipes=v1", f"--output={gan}",
+               f"--grid_dir={tmp_path / 'gan'}", timeout=600)
+    (row,) = [json.loads(line) for line in gan.read_text().splitlines() if '"recipe"' in line]
+    assert set(row["label_fidelity_per_class"]) == {"malignant", "normal, benign"}
+    assert "| breastmnist | v1 |" in gan.with_suffix(".md").read_text()

@@ -185,8 +185,10 @@ def read_json_lines(path: str | Path) -> list[dict]:
 
 def append_json_line(path: str | Path, record: dict) -> None:
     """Appends one record as one line, flushed to disk; after a torn write it starts on a
-    fresh line so the torn one stays the only casualty."""
+    fresh line so the torn one stays the only casualty. Its folder is made when missing, as
+    atomic_path makes it (check_output accepts a file whose folder does not exist yet)."""
     line = json.dumps(record, sort_keys=True) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         f.seek(0, os.SEEK_END)
         if f.tell() > 0:

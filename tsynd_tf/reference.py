@@ -235,8 +235,15 @@ class PoolQuality:
                 **self.memorisation(split.images, features)}
 
 
+def by_class(measured: dict, metric: str) -> dict[str, float]:
+    """{class: value} of one per-class metric ('label_fidelity', 'nearest_diversity', ...)
+    of a `PoolQuality.measure` result (its keys '<metric>/<class>')."""
+    prefix = f"{metric}/"
+    return {key[len(prefix):]: value for key, value in measured.items()
+            if key.startswith(prefix)}
+
+
 def collapsed_classes(measured: dict) -> list[str]:
     """The classes of a `PoolQuality.measure` result below COLLAPSE_THRESHOLD."""
-    prefix = "nearest_diversity/"
-    return [key[len(prefix):] for key, value in measured.items()
-            if key.startswith(prefix) and value < COLLAPSE_THRESHOLD]
+    return [name for name, value in by_class(measured, "nearest_diversity").items()
+            if value < COLLAPSE_THRESHOLD]
