@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -113,7 +112,6 @@ def train_candidate(settings: config.TrainConfig, name: str, root: Path):
 
 
 def measure(parts, method, meter, name: str, sampling: tuple[int, float]) -> dict:
-    from tsynd_tf import data, reference
     from tsynd_tf.data.pipeline import to_uint8
     from tsynd_tf.synthesis import generators
 
@@ -125,14 +123,10 @@ def measure(parts, method, meter, name: str, sampling: tuple[int, float]) -> dic
     sample_seconds = time.time() - start
     pool_bench.save_class_grid(images, targets, parts.dataset.info.class_names,
                                FLAGS.grid_dir, f"{parts.config.dataset}_{name}_{steps}_{scale:g}")
-    record = method.generator_record
-    measured = meter.measure(data.Split(images, targets))
     return {"recipe": name, "ddim_steps": steps, "guidance_scale": scale,
-            "settings": record["settings"], "parameters": method.model.network.count_params(),
-            "train_seconds": record["seconds"], "loaded": record["loaded"],
-            "sample_seconds": round(sample_seconds, 1), "num_images": len(images), **measured,
-            "label_fidelity_per_class": reference.by_class(measured, "label_fidelity"),
-            "load_average": os.getloadavg()}
+            "sample_seconds": round(sample_seconds, 1),
+            **pool_bench.pool_row(method, meter, images, targets,
+                                  method.model.network.count_params())}
 
 
 def table(rows: list[dict]) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -77,7 +76,6 @@ def row_key(recorded: dict, recipe: str) -> tuple:
 
 
 def measure(parts, method, meter, name: str) -> dict:
-    from tsynd_tf import data, reference
     from tsynd_tf.data.pipeline import to_uint8
     from tsynd_tf.synthesis import generators
 
@@ -86,14 +84,8 @@ def measure(parts, method, meter, name: str) -> dict:
                                           batch_size=parts.eval_batch_size))
     pool_bench.save_class_grid(images, targets, parts.dataset.info.class_names,
                                FLAGS.grid_dir, f"{parts.config.dataset}_{name}")
-    record = method.generator_record
-    measured = meter.measure(data.Split(images, targets))
-    return {"recipe": name, "settings": record["settings"],
-            "parameters": method.model.ema.count_params(),
-            "train_seconds": record["seconds"], "loaded": record["loaded"],
-            "num_images": len(images), **measured,
-            "label_fidelity_per_class": reference.by_class(measured, "label_fidelity"),
-            "load_average": os.getloadavg()}
+    return {"recipe": name, **pool_bench.pool_row(method, meter, images, targets,
+                                                  method.model.ema.count_params())}
 
 
 def table(rows: list[dict]) -> str:

@@ -1,10 +1,12 @@
 """What the benches that sample pools and measure them with the yardstick share
 (bench/diffusion_recipes.py, gan_recipes.py, guidance_scan.py, collapse_calibration.py): the
-checks of their output flags, the line that heads each invocation's rows, the class grids.
-No flags are defined here, so every one of them can import it."""
+checks of their output flags, the line that heads each invocation's rows, the class grids,
+a recipe search's row and its Markdown table. No flags are defined here, so every one of
+them can import it."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,3 +59,17 @@ def write_table(output: Path, table: str) -> None:
 
     with atomic_path(output.with_suffix(".md")) as path:
         path.write_text(table)
+
+
+def pool_row(method, meter, images: np.ndarray, targets: np.ndarray, parameters: int) -> dict:
+    """What every row of a recipe search holds: the generator (its cache record's settings
+    and training seconds, its size), the pool measured by `meter` (reference.PoolQuality),
+    label fidelity per class, and the load average (was the machine quiet?)."""
+    from tsynd_tf import data, reference
+
+    record = method.generator_record
+    measured = meter.measure(data.Split(images, targets))
+    return {"settings": record["settings"], "parameters": parameters,
+            "train_seconds": record["seconds"], "loaded": record["loaded"], **measured,
+            "label_fidelity_per_class": reference.by_class(measured, "label_fidelity"),
+            "load_average": os.getloadavg()}
