@@ -145,6 +145,10 @@ def test_pre_synthetic_counts_read_the_selected_epoch(tmp_path):
     assert records.pre_synthetic_counts(records.Config("c", cells[3:], tmp_path),
                                         "tsynd_mi") == "?"
     assert records.pre_synthetic_counts(config, "baseline") == "–"
+    # Trained on synthetic images alone, from the first epoch: nothing real-only to predate.
+    for cell in cells:
+        cell["flags"] = {"initial_epochs": 3, "train_on": "synthetic"}
+    assert records.pre_synthetic_counts(config, "tsynd_mi") == "–"
 
 
 # ----------------------------------------------------------------------------- detectable Δ

@@ -314,11 +314,15 @@ def selected_epoch(record: dict, directory) -> int | None:
 
 
 def pre_synthetic_counts(config: Config, method: str) -> str:
-    """How many seeds' selected classifiers were trained on real images only."""
-    if method == "baseline":
+    """How many seeds' selected classifiers were trained on real images only; '–' where
+    none can be: the baseline, and a classifier trained on synthetic images alone
+    (--train_on=synthetic), whose every epoch, the first included, saw only pools."""
+    cells = config.by_method(method)
+    if method == "baseline" or any(config.flags(r).get("train_on") == "synthetic"
+                                   for r in cells):
         return "–"
     known = early = 0
-    for r in config.by_method(method):
+    for r in cells:
         directory = config.run_dir(r)
         flag_values = config.flags(r)
         epoch = selected_epoch(r, directory)

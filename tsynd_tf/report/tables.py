@@ -226,7 +226,8 @@ def overview_section(configs: list[Config]) -> list[str]:
     return ["## Overview", "",
             "Mean ± std over seeds. *val AUC*: validation AUC of the selected classifier (the "
             "selection and tuning criterion); *pre-synth.*: seeds whose selected classifier "
-            "predates the first synthetic pool.", "",
+            "predates the first synthetic pool (–: the baseline, and classifiers trained on "
+            "synthetic images alone, which see pools from their first step).", "",
             markdown_table(["config", "labelled", "method", "n", "val AUC",
                             *(f"test {n}" for n in VERDICT_METRICS.values()), "pre-synth."],
                            rows), ""]
@@ -297,7 +298,7 @@ def config_section(config: Config, robust: list[tuple[str, float, str]]) -> list
              "of the selected classifier (the model-selection and tuning criterion). "
              "*pre-synth.*: seeds whose "
              "selected (best validation AUC) classifier predates the first synthetic pool, so "
-             "it never trained on synthetic images.", ""]
+             "it never trained on synthetic images (–: none can, as in the Overview).", ""]
     header = ["method", "n", *CLEAN_METRICS.values(), "val AUC", "pre-synth.", "min/cell"]
     rows = []
     for method in config.methods:
